@@ -1,0 +1,249 @@
+"""FL attribute inference from shared updates (SPEC §3.2; Feng et al., fed-ser-leakage).
+
+The honest-but-curious server records every client's update. The attacker runs the same FL
+recipe on shadow speakers whose gender it knows, trains a CNN on one layer's updates (the weight
+update as a one-channel image plus the bias update, z-normalised with shadow statistics), and
+classifies each private client's update, alone or averaged over n of that client's updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from serbench.context import CorpusData, EvalContext, FoldResult
+from serbench.errors import SerbenchError
+from serbench.fl.clients import make_clients
+from serbench.fl.engine import FLConfig, UpdateLog, init_params, predict, run_federated
+from serbench.metrics import classification_metrics, uar, emotion_classes, emotion_labels
+from serbench.models.mlp import SERMLP
+from serbench.models.train import fit_classifier, predict_proba
+from serbench.plugins import Attack, Surface
+
+
+class UpdateAttackModel(nn.Module):
+    """The reference attack model: three conv5x5 + max-pool blocks (16/32/64 channels) on the
+    weight update, its output concatenated with the bias update, then FC 256 -> 128 -> 2.
+
+    ``input_pool`` average-pools the weight image first: a CPU-cost setting whose effect on
+    leakage is measured in benchmarks/attack_pooling.py. Adaptive pooling at the end lets one
+    model serve every layer's shape.
+    """
+
+    def __init__(self, bias_dim: int, input_pool: int = 1, dropout: float = 0.2) -> None:
+        super().__init__()
+        pool = nn.AvgPool2d(input_pool, ceil_mode=True) if input_pool > 1 else nn.Identity()
+        self.conv = nn.Sequential(
+            pool,
+            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(4, ceil_mode=True),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(32, 64, 5, padding=2), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.AdaptiveMaxPool2d((4, 8)), nn.Dropout2d(dropout), nn.Flatten(),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(64 * 4 * 8 + bias_dim, 256), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(256, 128), nn.ReLU(), nn.Dropout(dropout), nn.Linear(128, 2),
+        )
+
+    def forward(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.conv(weight.unsqueeze(1)), bias], dim=1))
+
+
+class LinearUpdateModel(nn.Module):
+    """L2-regularised logistic regression on the flattened (pooled) update.
+
+    With the few hundred shadow updates a CPU-sized study produces, the reference CNN memorises
+    its shadow speakers; this model generalises better there, so the attack may choose it.
+    """
+
+    def __init__(self, input_pool: int = 1, c: float = 1e-3) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(input_pool, ceil_mode=True) if input_pool > 1 else nn.Identity()
+        self.c = c
+
+    def _flat(self, weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+        return torch.cat([self.pool(weight.unsqueeze(1)).flatten(1), bias], 1).numpy()
+
+    def fit(self, inputs: list[torch.Tensor], labels: torch.Tensor) -> LinearUpdateModel:
+        self.clf = LogisticRegression(C=self.c, max_iter=2000, class_weight="balanced")
+        self.clf.fit(self._flat(*inputs), labels.numpy())
+        return self
+
+    def forward(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.clf.predict_log_proba(self._flat(weight, bias)))
+
+
+def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
+                    ) -> tuple[list[torch.Tensor], np.ndarray, list[str]]:
+    """Average each client's updates over consecutive chunks of ``n`` rounds (``None`` = all).
+
+    A client with fewer than ``n`` updates contributes one average of all it has.
+    """
+    clients = np.asarray(log.clients)
+    stacks: list[list[torch.Tensor]] = [[], []]
+    genders, owners = [], []
+    for cid in dict.fromkeys(log.clients):
+        rows = np.flatnonzero(clients == cid)
+        size = len(rows) if n is None else min(n, len(rows))
+        for start in range(0, len(rows) - size + 1, size):
+            chunk = torch.as_tensor(rows[start:start + size])
+            for stack, name in zip(stacks, names):
+                stack.append(log.layers[name][chunk].mean(0))
+            genders.append(log.genders[rows[0]])
+            owners.append(cid)
+    return [torch.stack(s) for s in stacks], np.asarray(genders), owners
+
+
+@dataclass
+class FLInferenceAttack(Attack):
+    """Shared by ``fedsgd`` and ``fedavg``; only the FL algorithm differs."""
+
+    surface: ClassVar[Surface] = Surface.UPDATE
+    default_features: ClassVar[str] = "emobase"
+    feature_kinds: ClassVar[tuple[str, ...]] = ("functionals",)
+    algorithm: ClassVar[str]
+
+    layer: str = "first"
+    rounds: int = 200
+    client_fraction: float = 0.1
+    averaging: str = "1,5,10,all"
+    model: str = "auto"
+    input_pool: int = 8
+    epochs: int = 30
+
+    MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
+
+    def validate(self) -> None:
+        if self.layer not in SERMLP.layer_names:
+            raise SerbenchError(f"attack {self.name!r}: unknown layer {self.layer!r}; "
+                                f"valid layers: {', '.join(SERMLP.layer_names)}")
+        if self.rounds < 1 or not 0 < self.client_fraction <= 1 or self.input_pool < 1:
+            raise SerbenchError(f"attack {self.name!r}: need rounds >= 1, 0 < client_fraction <= 1"
+                                f" and input_pool >= 1")
+        if self.model not in self.MODELS:
+            raise SerbenchError(f"attack {self.name!r}: unknown model {self.model!r}; "
+                                f"valid: {', '.join(self.MODELS)}")
+        self.averaging_sizes()
+
+    def averaging_sizes(self) -> list[int | None]:
+        sizes: list[int | None] = []
+        for item in self.averaging.split(","):
+            item = item.strip()
+            if item == "all":
+                sizes.append(None)
+            elif item.isdigit() and int(item) > 0:
+                sizes.append(int(item))
+            else:
+                raise SerbenchError(f"attack {self.name!r}: averaging {item!r} is not a positive "
+                                    f"integer or 'all'")
+        return sizes
+
+    def fl_config(self, ctx: EvalContext) -> FLConfig:
+        classes = emotion_classes(ctx.target.table["emotion"])
+        return FLConfig(self.algorithm, rounds=self.rounds, client_fraction=self.client_fraction,
+                        n_classes=len(classes))
+
+    @property
+    def recorded(self) -> tuple[str, str]:
+        return f"{self.layer}.weight", f"{self.layer}.bias"
+
+    def _federate(self, data: CorpusData, rows: np.ndarray, ctx: EvalContext, seed: int,
+                  defense, description: str):
+        table = data.table.iloc[rows].reset_index(drop=True)
+        x = data.features(ctx.features)[rows]
+        y = emotion_labels(table["emotion"], emotion_classes(ctx.target.table["emotion"]))
+        clients = make_clients(table, data.clients_per_speaker, seed)
+        cfg = self.fl_config(ctx)
+        # The server initialises the global model, so the attacker shadows from the same start.
+        init = init_params(x.shape[1], cfg, ctx.seed)
+        with ctx.reporter.track(description, cfg.rounds) as advance:
+            run = run_federated(x, y, clients, cfg, seed, init=init, defense=defense,
+                                record=self.recorded, on_round=advance)
+        return run, cfg.clients_per_round(len(clients)) / len(clients)
+
+    def fit(self, ctx: EvalContext) -> None:
+        if ctx.shadow is None:
+            raise SerbenchError(f"attack {self.name!r} needs shadow data: give --shadow")
+        shadow = ctx.shadow
+        run, _ = self._federate(shadow, np.arange(len(shadow.table)), ctx, ctx.seed + 7919,
+                                ctx.shadow_defense, f"shadow {self.algorithm} ({ctx.mode})")
+        weight, bias = (run.log.layers[n] for n in self.recorded)
+        self.stats = [(t.mean(0), t.std(0) + 1e-8) for t in (weight, bias)]
+        labels = torch.as_tensor(run.log.genders)
+        # Validate on held-out shadow speakers so the attacker is tuned for unseen speakers.
+        speakers = np.asarray(run.log.speakers)
+        rng = np.random.default_rng(ctx.seed)
+        held = set()
+        for g in (0, 1):
+            spk = sorted(set(speakers[run.log.genders == g]))
+            held.update(rng.choice(spk, max(1, len(spk) // 5), replace=False) if len(spk) > 1 else [])
+        val = torch.as_tensor(np.isin(speakers, list(held)))
+        if not val.any():
+            raise SerbenchError("shadow data needs at least two speakers of each gender")
+        inputs = self._normalise([weight, bias])
+        train = ([t[~val] for t in inputs], labels[~val])
+        held_out = ([t[val] for t in inputs], labels[val])
+        candidates = {}
+        if self.model in ("auto", "linear"):
+            candidates["linear"] = LinearUpdateModel(self.input_pool).fit(*train)
+        if self.model in ("auto", "cnn"):
+            model = UpdateAttackModel(bias.shape[1], self.input_pool)
+            with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
+                candidates["cnn"] = fit_classifier(
+                    model, *train, val=held_out, epochs=self.epochs, lr=1e-3, weight_decay=1e-4,
+                    seed=ctx.seed, advance=adv)
+        # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
+        self.selection = {name: uar(held_out[1].numpy(),
+                                    predict_proba(m, held_out[0]).argmax(1).numpy())
+                          for name, m in candidates.items()}
+        self.chosen = max(self.selection, key=self.selection.get)
+        self.model_ = candidates[self.chosen]
+        ctx.reporter.log(f"attack model: {self.chosen} (held-out shadow UAR "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in self.selection.items()) + ")")
+
+    def _normalise(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [(t - m) / s for t, (m, s) in zip(tensors, self.stats)]
+
+    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
+        table = ctx.target.table
+        train, test = np.flatnonzero(table["fold"] != fold), np.flatnonzero(table["fold"] == fold)
+        run, sample_rate = self._federate(ctx.target, train, ctx, ctx.seed + fold, ctx.defense,
+                                          f"fold {fold}: target {self.algorithm}")
+        x_test = ctx.target.features(ctx.features)[test]
+        y_test = emotion_labels(table["emotion"].iloc[test], emotion_classes(table["emotion"]))
+        y_pred = predict(run.params, torch.as_tensor(x_test, dtype=torch.float32),
+                         self.fl_config(ctx))
+        metrics = classification_metrics("emotion", y_test, y_pred)
+        rows = [pd.DataFrame({"task": "emotion", "group": "", "y_true": y_test, "y_pred": y_pred})]
+        for n in self.averaging_sizes():
+            inputs, genders, owners = average_updates(run.log, self.recorded, n)
+            pred = predict_proba(self.model_, self._normalise(inputs)).argmax(1).numpy()
+            group = f"n={n or 'all'}"
+            metrics |= classification_metrics(f"gender@{group}", genders, pred)
+            rows.append(pd.DataFrame({"task": "gender", "group": group, "y_true": genders,
+                                      "y_pred": pred, "client": owners}))
+        extras = ctx.defense.privacy(rounds=self.rounds, sample_rate=sample_rate) | {
+            f"shadow held-out UAR ({name})": score for name, score in self.selection.items()}
+        return FoldResult(metrics, pd.concat(rows, ignore_index=True), extras)
+
+
+@dataclass
+class FedSGDAttack(FLInferenceAttack):
+    name: ClassVar[str] = "fedsgd"
+    summary: ClassVar[str] = "gender from FedSGD gradients (shadow-trained CNN on one layer)"
+    algorithm: ClassVar[str] = "fedsgd"
+
+
+@dataclass
+class FedAvgAttack(FLInferenceAttack):
+    name: ClassVar[str] = "fedavg"
+    summary: ClassVar[str] = "gender from FedAvg updates (shadow-trained CNN on one layer)"
+    algorithm: ClassVar[str] = "fedavg"

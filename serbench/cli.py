@@ -1,0 +1,129 @@
+"""The ``serbench`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
+    TimeElapsedColumn
+from rich.table import Table
+
+from serbench.errors import SerbenchError
+
+app = typer.Typer(help="serbench: how much a speech emotion recognition system leaks about its "
+                       "speakers, and how well defenses stop it.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SerbenchError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _folds(text: str) -> list[int] | None:
+    if text == "all":
+        return None
+    try:
+        return sorted({int(f) for f in text.split(",")})
+    except ValueError:
+        raise SerbenchError(f"--folds {text!r}: expected 'all' or comma-separated fold numbers") \
+            from None
+
+
+@app.command("eval")
+def eval_cmd(
+    attack: Annotated[str, typer.Option(help="Attack name (see `serbench list`), or "
+                                             "file.py:ClassName.")],
+    defense: Annotated[str, typer.Option(help="Defense name, or file.py:ClassName.")] = "none",
+    dataset: Annotated[str, typer.Option(help="Target corpus.")] = "synth",
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Corpus directory (manifest: the CSV file). synth: where to write its audio.")] = None,
+    dataset_option: Annotated[list[str], typer.Option(
+        help="Corpus option KEY=VALUE, e.g. subset=improvised (repeatable).")] = [],
+    shadow: Annotated[str, typer.Option(
+        help="Attacker's shadow data: 'disjoint' (half the target corpus's speakers, never "
+             "the target's) or other dataset name(s), comma-separated.")] = "disjoint",
+    shadow_root: Annotated[list[str], typer.Option(
+        help="Root of each --shadow dataset, in order (repeatable).")] = [],
+    features: Annotated[Optional[str], typer.Option(
+        help="Feature set (default: the attack's; see `serbench list features`).")] = None,
+    folds: Annotated[str, typer.Option(help="'all' or fold numbers, e.g. 1,3.")] = "all",
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    layer: Annotated[Optional[str], typer.Option(
+        help="Layer whose output/update the attacker reads (FL: first, second, last).")] = None,
+    param: Annotated[list[str], typer.Option(
+        help="Defense parameter KEY=VALUE (repeatable).")] = [],
+    attack_param: Annotated[list[str], typer.Option(
+        help="Attack parameter KEY=VALUE, e.g. rounds=100 (repeatable).")] = [],
+    out: Annotated[Optional[Path], typer.Option(
+        help="Run directory (default runs/<time>-<attack>-<defense>-<dataset>); an existing "
+             "one with the same configuration is resumed.")] = None,
+) -> None:
+    """Run an attack against a defense on a corpus and report utility vs leakage."""
+    from serbench.report import print_report
+    from serbench.runner import EvalConfig, run_eval
+    from serbench.progress import RichReporter
+
+    attack_params = _pairs(attack_param, "--attack-param")
+    if layer is not None:
+        attack_params["layer"] = layer
+    cfg = EvalConfig(attack=attack, defense=defense, dataset=dataset,
+                     data_root=str(data_root) if data_root else None,
+                     dataset_options=_pairs(dataset_option, "--dataset-option"), shadow=shadow,
+                     shadow_root=shadow_root, features=features, folds=_folds(folds), seed=seed,
+                     attack_params=attack_params, defense_params=_pairs(param, "--param"))
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        result = run_eval(cfg, out, RichReporter(progress))
+    print_report(result, console)
+
+
+@app.command("list")
+def list_cmd(
+    what: Annotated[Optional[str], typer.Argument(
+        help="attacks, defenses, datasets or features (default: all).")] = None,
+) -> None:
+    """List the available attacks, defenses, datasets and feature sets."""
+    from serbench.corpora import CORPORA
+    from serbench.features.extractors import FEATURES
+    from serbench.registry import available
+
+    sections = {
+        "attacks": {n: c.summary for n, c in available("attack").items()},
+        "defenses": {n: c.summary for n, c in available("defense").items()},
+        "datasets": {n: c.summary for n, c in CORPORA.items()},
+        "features": {n: s.summary for n, s in FEATURES.items()},
+    }
+    if what is not None and what not in sections:
+        raise SerbenchError(f"unknown list {what!r}; valid: {', '.join(sections)}")
+    for name, rows in sections.items():
+        if what in (None, name):
+            table = Table(title=name, title_justify="left", show_header=False)
+            for key, summary in rows.items():
+                table.add_row(f"[bold]{key}[/]", summary)
+            console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app(standalone_mode=True)
+    except SerbenchError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; rerun with the same --out to resume")
+        sys.exit(130)

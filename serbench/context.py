@@ -1,0 +1,66 @@
+"""What an attack is given (:class:`EvalContext`) and what it returns (:class:`FoldResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from serbench.features.extractors import feature_spec
+from serbench.features.store import extract, zscore_per_speaker
+from serbench.plugins import Defense
+from serbench.progress import NullReporter, Reporter
+
+
+@dataclass
+class CorpusData:
+    """A corpus table (rows in feature order) with lazily extracted, cached features."""
+
+    name: str
+    table: pd.DataFrame
+    #: FL clients per speaker, by corpus (a shadow set may mix corpora with different rules).
+    clients_per_speaker: dict[str, int] = field(default_factory=dict)
+    reporter: Reporter = field(default_factory=NullReporter)
+    _features: dict[str, object] = field(default_factory=dict, repr=False)
+
+    def features(self, name: str) -> np.ndarray | list[np.ndarray]:
+        """Functionals as a per-speaker z-normalised matrix; sequences as a list of arrays."""
+        if name not in self._features:
+            spec = feature_spec(name)
+            paths = self.table["path"].tolist()
+            with self.reporter.track(f"{self.name}: {name} features", len(paths)) as advance:
+                values = extract(paths, spec, progress=advance)
+            if spec.kind == "functionals":
+                values = zscore_per_speaker(np.stack(values), self.table["speaker"].to_numpy())
+            self._features[name] = values
+        return self._features[name]
+
+
+@dataclass
+class EvalContext:
+    """One attack evaluation: the target corpus, the attacker's shadow corpus, the defense the
+    target deploys, and the defense the attacker simulates in its shadow training (the same
+    one when adaptive, none otherwise; SPEC §5)."""
+
+    target: CorpusData
+    shadow: CorpusData | None
+    defense: Defense
+    shadow_defense: Defense
+    features: str
+    seed: int
+    mode: str = "non-adaptive"
+    reporter: Reporter = field(default_factory=NullReporter)
+
+
+@dataclass
+class FoldResult:
+    """Per-fold scalar metrics and the predictions behind them.
+
+    ``predictions`` has columns ``task`` (e.g. "emotion", "gender"), ``group`` (e.g. "n=1"),
+    ``y_true`` and ``y_pred``; pooled over folds they give the bootstrap CIs.
+    """
+
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    extras: dict[str, float] = field(default_factory=dict)

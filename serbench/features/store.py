@@ -1,0 +1,91 @@
+"""Feature extraction for a whole corpus table, cached on disk by audio content and parameters.
+
+The cache key is the SHA-1 of the audio file's bytes plus :attr:`FeatureSpec.key`, so renamed
+or moved files reuse their features and edited files never do. Misses are computed in worker
+processes (openSMILE is single-threaded) and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from serbench.cache import serbench_cache_dir
+from serbench.corpora.audio import SAMPLE_RATE, load_audio
+from serbench.features.extractors import FeatureSpec, compute
+
+Progress = Callable[[int], None]
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def _extract_one(args: tuple[FeatureSpec, str, str]) -> tuple[str, np.ndarray]:
+    spec, path, target = args
+    values = compute(spec, load_audio(path), SAMPLE_RATE)
+    atomic_save_npy(Path(target), values)
+    return path, values
+
+
+def atomic_save_npy(target: Path, values: np.ndarray) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, values)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = None,
+            cache_dir: Path | None = None, progress: Progress | None = None) -> list[np.ndarray]:
+    """Features of every file in ``paths`` (in order), computing only the cache misses."""
+    root = (cache_dir or serbench_cache_dir()) / "features" / spec.key
+    targets = [root / f"{file_digest(p)}.npy" for p in paths]
+    out: dict[str, np.ndarray] = {}
+    todo = []
+    for path, target in zip(paths, targets):
+        if target.exists():
+            out[path] = np.load(target)
+            if progress:
+                progress(1)
+        else:
+            todo.append((spec, path, str(target)))
+    workers = workers or min(len(todo), os.cpu_count() or 1)
+    if workers > 1 and len(todo) > 8:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for path, values in pool.map(_extract_one, todo, chunksize=8):
+                out[path] = values
+                if progress:
+                    progress(1)
+    else:
+        for item in todo:
+            path, values = _extract_one(item)
+            out[path] = values
+            if progress:
+                progress(1)
+    return [out[p] for p in paths]
+
+
+def zscore_per_speaker(features: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
+    """Per-speaker z-normalisation (as in fed-ser-leakage): removes each speaker's offset and
+    scale, using no labels, so gender must be inferred from within-speaker patterns."""
+    speakers = np.asarray(speakers)
+    out = np.empty_like(features, dtype=np.float32)
+    for spk in np.unique(speakers):
+        rows = speakers == spk
+        block = features[rows]
+        out[rows] = (block - block.mean(axis=0)) / (block.std(axis=0) + 1e-8)
+    return out

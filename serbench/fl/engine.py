@@ -1,0 +1,157 @@
+"""In-process federated learning: FedSGD and FedAvg (SPEC §3.2) with every update recorded.
+
+:func:`local_update` is a plain function of (global weights, client data, configuration, seed),
+so any engine (this loop, a Flower ClientApp) produces bit-identical client updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from serbench.fl.clients import Client
+from serbench.models.mlp import SERMLP
+from serbench.plugins import Defense
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    """The FL recipe; defaults are the reference's (fed-ser-leakage)."""
+
+    algorithm: str  # "fedsgd" or "fedavg"
+    rounds: int = 200
+    client_fraction: float = 0.1
+    batch_size: int = 20
+    local_epochs: int = 1
+    local_lr: float = 5e-4  # FedAvg: Adam
+    server_lr: float = 0.05  # FedSGD
+    dropout: float = 0.2
+    n_classes: int = 4
+
+    def clients_per_round(self, n_clients: int) -> int:
+        return max(1, min(n_clients, int(round(self.client_fraction * n_clients))))
+
+
+@cache
+def _template(d_in: int, n_classes: int, dropout: float) -> SERMLP:
+    """A parameter-free-in-use module: weights are always passed to ``functional_call``."""
+    with torch.device("meta"):
+        return SERMLP(d_in, n_classes, dropout=dropout)
+
+
+def init_params(d_in: int, cfg: FLConfig, seed: int) -> Params:
+    torch.manual_seed(seed)
+    return {k: v.detach() for k, v in SERMLP(d_in, cfg.n_classes, dropout=cfg.dropout).state_dict().items()}
+
+
+def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
+                 seed: int, defense: Defense | None = None) -> Params:
+    """The update a client shares: its gradient (FedSGD, on all local training data) or
+    ``global - local`` parameters after local Adam epochs (FedAvg), then the defense's
+    ``privatize_update``."""
+    model = _template(x.shape[1], cfg.n_classes, cfg.dropout).train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        if cfg.algorithm == "fedsgd":
+            params = {k: v.clone().requires_grad_(True) for k, v in global_params.items()}
+            loss = F.cross_entropy(functional_call(model, params, (x,)), y)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            update = {k: g.detach() for k, g in zip(params, grads)}
+        elif cfg.algorithm == "fedavg":
+            params = {k: v.clone().requires_grad_(True) for k, v in global_params.items()}
+            opt = torch.optim.Adam(params.values(), lr=cfg.local_lr, foreach=True)
+            for _ in range(cfg.local_epochs):
+                for batch in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
+                    loss = F.cross_entropy(functional_call(model, params, (x[batch],)), y[batch])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            update = {k: global_params[k] - params[k].detach() for k in params}
+        else:
+            raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")
+        if defense is not None:
+            update = defense.privatize_update(update, generator=gen)
+    return update
+
+
+def aggregate(global_params: Params, updates: Sequence[Params], weights: Sequence[float],
+              cfg: FLConfig) -> Params:
+    """Sample-weighted mean of the updates, applied as a server step."""
+    w = torch.tensor(weights, dtype=torch.float32)
+    w = w / w.sum()
+    step = cfg.server_lr if cfg.algorithm == "fedsgd" else 1.0
+    return {k: v - step * sum(wi * u[k] for wi, u in zip(w, updates)) for k, v in global_params.items()}
+
+
+@dataclass
+class UpdateLog:
+    """Every shared update, as the honest-but-curious server sees it.
+
+    Row i is one (round, client) update; ``layers[name]`` stacks that parameter's updates.
+    """
+
+    rounds: np.ndarray
+    clients: list[str]
+    speakers: list[str]
+    genders: np.ndarray  # 0 = F, 1 = M
+    layers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+
+@dataclass
+class FLRun:
+    params: Params
+    log: UpdateLog
+
+
+def predict(params: Params, x: torch.Tensor, cfg: FLConfig) -> np.ndarray:
+    model = _template(x.shape[1], cfg.n_classes, cfg.dropout).eval()
+    with torch.no_grad():
+        return functional_call(model, params, (x,)).argmax(1).numpy()
+
+
+def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
+                  seed: int, *, init: Params | None = None, defense: Defense | None = None,
+                  record: Sequence[str] = (), on_round: Callable[[int], None] | None = None
+                  ) -> FLRun:
+    """Train the global model from ``init`` (default: initialised from ``seed``); record the
+    parameters named in ``record`` of every shared update."""
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+    data = [(xt[c.train], yt[c.train]) for c in clients]
+    params = init if init is not None else init_params(x.shape[1], cfg, seed)
+    per_round = cfg.clients_per_round(len(clients))
+    total = cfg.rounds * per_round
+    log = UpdateLog(np.repeat(np.arange(cfg.rounds), per_round), [], [],
+                    np.zeros(total, dtype=np.int64),
+                    {k: torch.empty((total, *params[k].shape)) for k in record})
+    rng = np.random.default_rng(seed)
+    row = 0
+    for rnd in range(cfg.rounds):
+        chosen = np.sort(rng.choice(len(clients), per_round, replace=False))
+        updates = []
+        for k in chosen:
+            client_seed = int(np.random.SeedSequence([seed, rnd, int(k)]).generate_state(1)[0])
+            update = local_update(params, *data[k], cfg, client_seed, defense)
+            updates.append(update)
+            c = clients[k]
+            log.clients.append(c.cid)
+            log.speakers.append(c.speaker)
+            log.genders[row] = int(c.gender == "M")
+            for name in record:
+                log.layers[name][row] = update[name]
+            row += 1
+        params = aggregate(params, updates, [clients[k].n_train for k in chosen], cfg)
+        if on_round:
+            on_round(1)
+    return FLRun(params, log)

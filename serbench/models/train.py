@@ -1,0 +1,64 @@
+"""One supervised training loop for every classifier serbench trains (attack models, targets).
+
+Early stopping on a validation set keeps attackers as strong as the data allows without a
+hand-tuned epoch count per corpus.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from torch.nn import functional as F
+
+from serbench.progress import Advance
+
+Inputs = Sequence[torch.Tensor]
+
+
+def predict_proba(model: nn.Module, inputs: Inputs, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        chunks = [torch.softmax(model(*(t[i:i + batch_size] for t in inputs)), dim=1)
+                  for i in range(0, len(inputs[0]), batch_size)]
+    return torch.cat(chunks)
+
+
+def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
+                   val: tuple[Inputs, torch.Tensor] | None = None, epochs: int = 30,
+                   lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
+                   patience: int = 5, seed: int = 0, advance: Advance | None = None) -> nn.Module:
+    """Adam with class-balanced cross-entropy; keeps the weights of the best validation UAR."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
+    class_weight = counts.sum() / (len(counts) * counts.clamp(min=1))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, stale = -np.inf, None, 0
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(labels), generator=gen).split(batch_size):
+            loss = F.cross_entropy(model(*(t[batch] for t in inputs)), labels[batch],
+                                   weight=class_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if advance:
+            advance(1)
+        if val is None:
+            continue
+        pred = predict_proba(model, val[0]).argmax(1).numpy()
+        score = balanced_accuracy_score(val[1].numpy(), pred)
+        if score > best:
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval()

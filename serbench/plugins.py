@@ -1,0 +1,139 @@
+"""The two plugin contracts: :class:`Defense` and :class:`Attack`.
+
+Both follow scikit-learn's estimator convention: every parameter is a dataclass field set in the
+constructor, validated in :meth:`Plugin.validate`, and recorded in the run's configuration.
+A researcher adds one in a single file (see docs/) and selects it by name (Python entry points
+``serbench.attacks`` / ``serbench.defenses``) or as ``path/to/file.py:ClassName``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Self, get_type_hints
+
+import torch
+
+from serbench.errors import SerbenchError
+
+if TYPE_CHECKING:
+    from serbench.context import EvalContext, FoldResult
+
+
+class Surface(StrEnum):
+    """Where a defense acts and an attack reads (SPEC §2)."""
+
+    REPRESENTATION = "representation"  # hidden layer h_T transmitted in split computing
+    UPDATE = "update"  # gradients / parameter updates shared in federated learning
+    INPUT = "input"  # the model input, perturbed by adversarial examples
+
+
+@dataclasses.dataclass
+class Plugin:
+    """Parameters as dataclass fields; ``name`` and ``summary`` identify the plugin."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    kind: ClassVar[str] = "plugin"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SerbenchError` for invalid parameter values."""
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Self:
+        """Build from ``key -> value`` (strings from the CLI are coerced to the field's type)."""
+        hints = get_type_hints(cls)
+        valid = cls.parameter_names()
+        kwargs = {}
+        for key, value in params.items():
+            if key not in valid:
+                listed = ", ".join(valid) or "none"
+                raise SerbenchError(f"{cls.kind} {cls.name!r} takes no parameter {key!r}; "
+                                    f"valid parameters: {listed}")
+            kwargs[key] = _coerce(value, hints[key], f"{cls.kind} {cls.name!r} parameter {key!r}")
+        return cls(**kwargs)
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    target = hint if isinstance(hint, type) else next(
+        (t for t in getattr(hint, "__args__", ()) if t is not type(None)), str)
+    if value.lower() in ("none", "null") and type(None) in getattr(hint, "__args__", ()):
+        return None
+    try:
+        if target is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        return target(value)
+    except (TypeError, ValueError):
+        raise SerbenchError(f"{what}: {value!r} is not a valid {target.__name__}") from None
+
+
+@dataclasses.dataclass
+class Defense(Plugin):
+    """A defense acts on one or more :class:`Surface` s; every hook defaults to "do nothing".
+
+    A defense that does not touch an attack's surface is still evaluated against it (SPEC §4).
+    Defenses are public: adaptive attackers (SPEC §5) apply the same instance in their shadow
+    training, so hooks must depend only on the parameters and the generator they are given.
+    """
+
+    kind: ClassVar[str] = "defense"
+    surfaces: ClassVar[frozenset[Surface]] = frozenset()
+    #: Randomised defenses are scored only against attacks that average over their randomness.
+    randomized: ClassVar[bool] = False
+
+    def privatize_update(self, update: dict[str, torch.Tensor], *,
+                         generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """UPDATE surface: transform a client's update before it is shared with the server."""
+        return update
+
+    def privacy(self, *, rounds: int, sample_rate: float) -> dict[str, float]:
+        """Formal guarantees of the FL run (e.g. ``{"epsilon": ..., "delta": ...}``), if any."""
+        return {}
+
+    def transform_representation(self, h: torch.Tensor, *,
+                                 generator: torch.Generator) -> torch.Tensor:
+        """REPRESENTATION surface: transform the hidden layer the device transmits."""
+        return h
+
+    def transform_input(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """INPUT surface: transform the model input at test time (e.g. randomisation)."""
+        return x
+
+
+@dataclasses.dataclass
+class Attack(Plugin, ABC):
+    """An attack owns its protocol: :meth:`fit` does the fold-independent work (the attacker's
+    shadow training), :meth:`evaluate_fold` attacks the target trained without one fold's
+    speakers and returns that fold's metrics and predictions."""
+
+    kind: ClassVar[str] = "attack"
+    surface: ClassVar[Surface]
+    #: Feature set used when the user gives none.
+    default_features: ClassVar[str]
+    #: Feature kinds the attack's models accept ("functionals" or "sequence").
+    feature_kinds: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def fit(self, ctx: EvalContext) -> None:
+        """Train the attacker on ``ctx.shadow`` (with ``ctx.shadow_defense`` applied)."""
+
+    @abstractmethod
+    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
+        """Train the target without ``fold``'s speakers, attack it, score it."""
+

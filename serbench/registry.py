@@ -1,0 +1,52 @@
+"""Finding plugins by name: Python entry points (``serbench.attacks`` / ``serbench.defenses``,
+built-ins included) or a file, ``path/to/file.py:ClassName``, for a defense under development."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from serbench.errors import SerbenchError, unknown_name
+from serbench.plugins import Attack, Defense, Plugin
+
+BASES: dict[str, type[Plugin]] = {"attack": Attack, "defense": Defense}
+
+
+def available(kind: str) -> dict[str, type[Plugin]]:
+    """Installed plugins of ``kind`` ("attack" or "defense"), by name."""
+    found = {}
+    for ep in entry_points(group=f"serbench.{kind}s"):
+        cls = ep.load()
+        found[cls.name] = cls
+    return dict(sorted(found.items()))
+
+
+def load_plugin(kind: str, ref: str) -> type[Plugin]:
+    """The plugin class for a name or a ``file.py:ClassName`` reference."""
+    path, sep, cls_name = ref.rpartition(":")
+    if sep and path.endswith(".py"):
+        return _from_file(kind, Path(path), cls_name)
+    plugins = available(kind)
+    if ref not in plugins:
+        raise unknown_name(kind, ref, plugins)
+    return plugins[ref]
+
+
+def _from_file(kind: str, path: Path, cls_name: str) -> type[Plugin]:
+    if not path.is_file():
+        raise SerbenchError(f"{kind} file {path} does not exist")
+    module_name = f"serbench_user_{kind}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user's plugin file: report, don't trace back
+        raise SerbenchError(f"{path}: cannot import ({type(exc).__name__}: {exc})") from None
+    cls = getattr(module, cls_name, None)
+    base = BASES[kind]
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise SerbenchError(f"{path}: no {base.__name__} subclass named {cls_name!r}")
+    return cls

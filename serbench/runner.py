@@ -1,0 +1,131 @@
+"""``serbench eval``: one attack against one defense over the standard folds, in both attack
+modes where they differ (SPEC §5), written to a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from serbench.context import EvalContext, FoldResult
+from serbench.errors import SerbenchError
+from serbench.features.extractors import feature_spec
+from serbench.metrics import pooled_summary, summarize
+from serbench.plugins import Attack, Defense
+from serbench.progress import NullReporter, Reporter
+from serbench.protocol import DISJOINT, load_corpus, load_shadow, select_folds, split_disjoint
+from serbench.registry import load_plugin
+from serbench.results import RunDir, environment, write_csv, write_json
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation's numbers."""
+
+    attack: str
+    defense: str = "none"
+    dataset: str = "synth"
+    data_root: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    shadow: str = DISJOINT
+    shadow_root: list[str] = field(default_factory=list)
+    features: str | None = None
+    folds: list[int] | None = None
+    seed: int = 0
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    defense_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    folds: dict[int, FoldResult]
+    summary: dict[str, dict[str, float]]
+    pooled: pd.DataFrame
+    extras: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    path: Path
+    config: dict[str, Any]
+    modes: list[ModeResult]
+
+
+def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
+    """Resolve and validate both plugins before any heavy work starts."""
+    attack = load_plugin("attack", cfg.attack).from_params(cfg.attack_params)
+    defense = load_plugin("defense", cfg.defense).from_params(cfg.defense_params)
+    features = cfg.features or attack.default_features
+    if feature_spec(features).kind not in attack.feature_kinds:
+        raise SerbenchError(f"attack {attack.name!r} needs {' or '.join(attack.feature_kinds)} "
+                            f"features; {features!r} gives {feature_spec(features).kind}")
+    return attack, defense
+
+
+def default_out(cfg: EvalConfig) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.attack}-{cfg.defense}-{cfg.dataset}".replace("/", "_")
+
+
+def run_eval(cfg: EvalConfig, out: Path | None = None,
+             reporter: Reporter | None = None) -> RunResult:
+    reporter = reporter or NullReporter()
+    attack, defense = build_plugins(cfg)
+    target = load_corpus(cfg.dataset, cfg.data_root, cfg.dataset_options, reporter)
+    if cfg.shadow == DISJOINT:
+        target, shadow = split_disjoint(target, cfg.seed)
+    else:
+        shadow = load_shadow(cfg.shadow.split(","), cfg.shadow_root, cfg.dataset, reporter)
+    folds = select_folds(target.table, cfg.folds)
+    resolved = asdict(cfg) | {
+        "features": cfg.features or attack.default_features, "folds": folds,
+        "attack_params": attack.params(), "defense_params": defense.params(),
+        "target_speakers": sorted(target.table["speaker"].unique()),
+        "shadow_speakers": sorted(shadow.table["speaker"].unique()),
+    }
+    run_dir = RunDir(out or default_out(cfg), resolved)
+    env = environment()
+    # A defense that acts on no surface gives identical modes: run it once.
+    modes = ["non-adaptive", "adaptive"] if defense.surfaces else ["non-adaptive"]
+    results = []
+    for mode in modes:
+        ctx = EvalContext(target, shadow, defense,
+                          defense if mode == "adaptive" else load_plugin("defense", "none")(),
+                          resolved["features"], cfg.seed, mode, reporter)
+        done = {f: run_dir.load_fold(mode, f) for f in folds}
+        if any(r is None for r in done.values()):
+            attack.fit(ctx)
+        for fold in folds:
+            if done[fold] is None:
+                done[fold] = attack.evaluate_fold(ctx, fold)
+                run_dir.save_fold(mode, fold, done[fold])
+            reporter.log(f"{mode} fold {fold} done")
+        results.append(_mode_result(mode, done, cfg.seed))
+    _write_outputs(run_dir.path, results, env)
+    return RunResult(run_dir.path, resolved, results)
+
+
+def _mode_result(mode: str, folds: dict[int, FoldResult], seed: int) -> ModeResult:
+    preds = pd.concat([r.predictions.assign(fold=f) for f, r in folds.items()], ignore_index=True)
+    extras = summarize([r.extras for r in folds.values()]) if any(
+        r.extras for r in folds.values()) else {}
+    return ModeResult(mode, folds, summarize([r.metrics for r in folds.values()]),
+                      pooled_summary(preds, seed), {k: v["mean"] for k, v in extras.items()})
+
+
+def _write_outputs(path: Path, results: list[ModeResult], env: dict[str, Any]) -> None:
+    metrics = pd.DataFrame([{"mode": m.mode, "fold": f, **r.metrics}
+                            for m in results for f, r in m.folds.items()])
+    preds = pd.concat([r.predictions.assign(mode=m.mode, fold=f)
+                       for m in results for f, r in m.folds.items()], ignore_index=True)
+    write_csv(path / "metrics.csv", metrics)
+    write_csv(path / "predictions.csv", preds)
+    write_json(path / "summary.json", {
+        m.mode: {"folds": m.summary, "pooled": m.pooled.to_dict(orient="records"),
+                 "privacy": m.extras} for m in results})
+    env["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(path / "environment.json", env)
