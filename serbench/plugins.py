@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, get_type_hints
 import torch
 
 from serbench.errors import SerbenchError
+from serbench.params import coerce
 
 if TYPE_CHECKING:
     from serbench.context import EvalContext, FoldResult
@@ -59,28 +60,11 @@ class Plugin:
                 listed = ", ".join(valid) or "none"
                 raise SerbenchError(f"{cls.kind} {cls.name!r} takes no parameter {key!r}; "
                                     f"valid parameters: {listed}")
-            kwargs[key] = _coerce(value, hints[key], f"{cls.kind} {cls.name!r} parameter {key!r}")
+            kwargs[key] = coerce(value, hints[key], f"{cls.kind} {cls.name!r} parameter {key!r}")
         return cls(**kwargs)
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _coerce(value: Any, hint: Any, what: str) -> Any:
-    if not isinstance(value, str):
-        return value
-    target = hint if isinstance(hint, type) else next(
-        (t for t in getattr(hint, "__args__", ()) if t is not type(None)), str)
-    if value.lower() in ("none", "null") and type(None) in getattr(hint, "__args__", ()):
-        return None
-    try:
-        if target is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        return target(value)
-    except (TypeError, ValueError):
-        raise SerbenchError(f"{what}: {value!r} is not a valid {target.__name__}") from None
 
 
 @dataclasses.dataclass

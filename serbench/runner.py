@@ -75,14 +75,19 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
              reporter: Reporter | None = None) -> RunResult:
     reporter = reporter or NullReporter()
     attack, defense = build_plugins(cfg)
+    features = cfg.features or attack.default_features
     target = load_corpus(cfg.dataset, cfg.data_root, cfg.dataset_options, reporter)
+    folds = select_folds(target.table, cfg.folds)
+    # Extract everything up front: a corrupt file fails the run before any training.
+    target.features(features)
     if cfg.shadow == DISJOINT:
         target, shadow = split_disjoint(target, cfg.seed)
     else:
         shadow = load_shadow(cfg.shadow.split(","), cfg.shadow_root, cfg.dataset, reporter)
-    folds = select_folds(target.table, cfg.folds)
+        shadow.features(features)
+    folds = [f for f in folds if f in set(target.table["fold"])]  # folds left to the target
     resolved = asdict(cfg) | {
-        "features": cfg.features or attack.default_features, "folds": folds,
+        "features": features, "folds": folds,
         "attack_params": attack.params(), "defense_params": defense.params(),
         "target_speakers": sorted(target.table["speaker"].unique()),
         "shadow_speakers": sorted(shadow.table["speaker"].unique()),
@@ -95,7 +100,7 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
     for mode in modes:
         ctx = EvalContext(target, shadow, defense,
                           defense if mode == "adaptive" else load_plugin("defense", "none")(),
-                          resolved["features"], cfg.seed, mode, reporter)
+                          features, cfg.seed, mode, reporter)
         done = {f: run_dir.load_fold(mode, f) for f in folds}
         if any(r is None for r in done.values()):
             attack.fit(ctx)

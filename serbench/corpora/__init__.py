@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from serbench.corpora.base import Corpus
 from serbench.corpora.cremad import CremaD
@@ -13,6 +13,7 @@ from serbench.corpora.msp_improv import MspImprov
 from serbench.corpora.ravdess import Ravdess
 from serbench.corpora.synth import Synth
 from serbench.errors import SerbenchError, unknown_name
+from serbench.params import coerce
 
 CORPORA: dict[str, type[Corpus]] = {
     c.name: c for c in (Synth, Iemocap, MspImprov, CremaD, Ravdess, Manifest)
@@ -23,7 +24,11 @@ def get_corpus(name: str, root: str | Path | None = None, **options: Any) -> Cor
     """The loader for ``name`` with its options (e.g. ``subset="improvised"``)."""
     if name not in CORPORA:
         raise unknown_name("dataset", name, CORPORA)
-    try:
-        return CORPORA[name](root, **options)
-    except TypeError as exc:
-        raise SerbenchError(f"dataset {name!r}: invalid option(s) {sorted(options)} ({exc})") from None
+    cls = CORPORA[name]
+    hints = {k: v for k, v in get_type_hints(cls.__init__).items() if k not in ("root", "return")}
+    for key in options:
+        if key not in hints:
+            raise SerbenchError(f"dataset {name!r} has no option {key!r}; valid options: "
+                                f"{', '.join(hints) or 'none'}")
+    return cls(root, **{k: coerce(v, hints[k], f"dataset {name!r} option {k!r}")
+                        for k, v in options.items()})

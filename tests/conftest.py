@@ -1,0 +1,27 @@
+"""Shared test setup: one throw-away cache per session (synth audio and features are reused
+across tests, never written to the user's ~/.cache), and the real data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAVDESS = REPO.parent / "shared" / "data" / "ravdess"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def serbench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("serbench-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SERBENCH_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture
+def ravdess_root() -> Path:
+    if not (RAVDESS / "Actor_01").is_dir():
+        pytest.skip(f"real RAVDESS copy not found at {RAVDESS} (see ../shared/data/README.md)")
+    return RAVDESS

@@ -1,0 +1,123 @@
+"""Building blocks: metrics, plugins, features, FL engine."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from serbench.errors import SerbenchError
+from serbench.features.logmel import LogMel
+from serbench.features.store import zscore_per_speaker
+from serbench.fl.clients import make_clients
+from serbench.fl.engine import FLConfig, aggregate, init_params, local_update, run_federated
+from serbench.metrics import bootstrap_ci, pooled_summary, uar
+from serbench.plugins import Defense
+from serbench.registry import load_plugin
+
+
+def test_uar_is_balanced_accuracy_and_ci_brackets_it() -> None:
+    y_true = np.array([0] * 90 + [1] * 10)
+    y_pred = np.zeros(100, dtype=int)
+    assert uar(y_true, y_pred) == 0.5  # a constant guess is chance, whatever the imbalance
+    y_pred[85:95] = 1
+    lo, hi = bootstrap_ci(y_true, y_pred)
+    assert lo <= uar(y_true, y_pred) <= hi
+    summary = pooled_summary(pd.DataFrame({"task": "g", "group": "", "y_true": y_true,
+                                           "y_pred": y_pred})).iloc[0]
+    assert summary["majority"] == 0.9 and summary["chance_uar"] == 0.5
+
+
+def test_plugin_parameters_are_typed_and_checked(tmp_path) -> None:
+    attack_cls = load_plugin("attack", "fedavg")
+    attack = attack_cls.from_params({"rounds": "7", "client_fraction": "0.5", "layer": "second"})
+    assert (attack.rounds, attack.client_fraction, attack.layer) == (7, 0.5, "second")
+    with pytest.raises(SerbenchError, match="not a valid int"):
+        attack_cls.from_params({"rounds": "many"})
+    with pytest.raises(SerbenchError, match="unknown layer"):
+        attack_cls(layer="middle")
+
+
+def test_defense_from_a_file(tmp_path) -> None:
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from dataclasses import dataclass\nfrom typing import ClassVar\n"
+        "from serbench.plugins import Defense, Surface\n\n@dataclass\nclass Mine(Defense):\n"
+        "    name: ClassVar[str] = 'mine'\n    summary: ClassVar[str] = 'test'\n"
+        "    surfaces: ClassVar[frozenset] = frozenset({Surface.UPDATE})\n    scale: float = 1.0\n")
+    cls = load_plugin("defense", f"{path}:Mine")
+    assert cls.from_params({"scale": "2"}).scale == 2.0
+    with pytest.raises(SerbenchError, match="no Defense subclass"):
+        load_plugin("defense", f"{path}:Missing")
+
+
+def test_logmel_keeps_gradients_to_the_waveform() -> None:
+    wave = torch.randn(16000, requires_grad=True)
+    spec = LogMel()(wave)
+    assert spec.shape == (64, 101)
+    spec.sum().backward()
+    assert wave.grad is not None and torch.isfinite(wave.grad).all()
+
+
+def test_zscore_per_speaker() -> None:
+    x = np.random.default_rng(0).normal(3, 2, size=(6, 4))
+    z = zscore_per_speaker(x, ["a", "a", "a", "b", "b", "b"])
+    assert np.allclose(z[:3].mean(0), 0, atol=1e-6) and np.allclose(z[3:].std(0), 1, atol=1e-4)
+
+
+def table(n_speakers: int = 4, per: int = 10) -> pd.DataFrame:
+    return pd.DataFrame({"speaker": np.repeat([f"s{i}" for i in range(n_speakers)], per),
+                         "gender": np.repeat(["F", "M"] * (n_speakers // 2), per),
+                         "corpus": "c"})
+
+
+def test_clients_follow_the_corpus_rule() -> None:
+    clients = make_clients(table(), {"c": 2}, seed=0)
+    assert len(clients) == 8
+    rows = np.concatenate([np.r_[c.train, c.val] for c in clients])
+    assert sorted(rows) == list(range(40))  # every row in exactly one client
+    assert all(len(c.train) == 4 and len(c.val) == 1 for c in clients)  # 80 / 20
+
+
+@pytest.mark.parametrize("algorithm", ["fedsgd", "fedavg"])
+def test_local_update_is_a_pure_function_of_its_inputs(algorithm: str) -> None:
+    cfg = FLConfig(algorithm)
+    params = init_params(12, cfg, seed=0)
+    x, y = torch.randn(30, 12), torch.randint(0, 4, (30,))
+    a, b = local_update(params, x, y, cfg, 5), local_update(params, x, y, cfg, 5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a) == {f"{l}.{p}" for l in ("first", "second", "last") for p in ("weight", "bias")}
+
+
+def test_aggregation_is_sample_weighted() -> None:
+    cfg = FLConfig("fedavg")
+    params = {"w": torch.zeros(2)}
+    out = aggregate(params, [{"w": torch.ones(2)}, {"w": 4 * torch.ones(2)}], [3, 1], cfg)
+    assert torch.allclose(out["w"], -torch.full((2,), 1.75))
+
+
+@dataclasses.dataclass
+class Clip(Defense):
+    name: ClassVar[str] = "clip-test"
+    summary: ClassVar[str] = "test"
+
+    def privatize_update(self, update, *, generator):
+        return {k: torch.zeros_like(v) for k, v in update.items()}
+
+
+def test_engine_records_every_update_after_the_defense() -> None:
+    cfg = FLConfig("fedsgd", rounds=4, client_fraction=0.5)
+    t = table()
+    x = np.random.default_rng(0).normal(size=(40, 12)).astype(np.float32)
+    y = np.tile(np.arange(4), 10)
+    run = run_federated(x, y, make_clients(t, {}, 0), cfg, 0, record=["first.weight"])
+    assert run.log.layers["first.weight"].shape == (8, 256, 12)
+    assert list(run.log.rounds) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert set(run.log.genders) <= {0, 1}
+    zeroed = run_federated(x, y, make_clients(t, {}, 0), cfg, 0, defense=Clip(),
+                           record=["first.weight"])
+    assert zeroed.log.layers["first.weight"].abs().sum() == 0  # the server sees what is shared
