@@ -32,7 +32,7 @@ class UpdateAttackModel(nn.Module):
     weight update, its output concatenated with the bias update, then FC 256 -> 128 -> 2.
 
     ``input_pool`` average-pools the weight image first: a CPU-cost setting whose effect on
-    leakage is measured in benchmarks/attack_pooling.py. Adaptive pooling at the end lets one
+    leakage is measured in benchmarks/attack_models.py. Adaptive pooling at the end lets one
     model serve every layer's shape.
     """
 
