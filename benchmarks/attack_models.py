@@ -50,12 +50,21 @@ def inputs(log):
 
 
 labels = torch.as_tensor(s_log.genders)
+pool8 = torch.nn.AvgPool2d(8, ceil_mode=True)
 for name, pool in [("linear", 1), ("linear", 8), ("cnn", 4), ("cnn", 8)]:
     start = time.perf_counter()
     if name == "linear":
-        model = LinearUpdateModel(pool).fit(inputs(s_log), labels)
+        weight, bias = inputs(s_log)
+        if pool > 1:  # what pooling would do to the linear model (it never pools)
+            s_in, t_in = [pool8(weight.unsqueeze(1)).squeeze(1), bias], None
+            weight_t, bias_t = inputs(t_log)
+            t_in = [pool8(weight_t.unsqueeze(1)).squeeze(1), bias_t]
+        else:
+            s_in, t_in = [weight, bias], inputs(t_log)
+        model = LinearUpdateModel().fit(s_in, labels)
+        pred = predict_proba(model, t_in).argmax(1).numpy()
     else:
         model = fit_classifier(UpdateAttackModel(256, pool), inputs(s_log), labels, epochs=25)
-    pred = predict_proba(model, inputs(t_log)).argmax(1).numpy()
+        pred = predict_proba(model, inputs(t_log)).argmax(1).numpy()
     print(f"{name:6s} pool {pool}: target gender UAR "
           f"{balanced_accuracy_score(t_log.genders, pred):.3f}, {time.perf_counter() - start:.1f} s")

@@ -6,7 +6,7 @@ so any engine (this loop, a Flower ClientApp) produces bit-identical client upda
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -123,27 +123,34 @@ def predict(params: Params, x: torch.Tensor, cfg: FLConfig) -> np.ndarray:
 
 def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
                   seed: int, *, init: Params | None = None, defense: Defense | None = None,
-                  record: Sequence[str] = (), on_round: Callable[[int], None] | None = None
-                  ) -> FLRun:
+                  record: Sequence[str] = (), probe_rounds: Collection[int] = (),
+                  on_round: Callable[[int], None] | None = None) -> FLRun:
     """Train the global model from ``init`` (default: initialised from ``seed``); record the
-    parameters named in ``record`` of every shared update."""
+    parameters named in ``record`` of every shared update.
+
+    In ``probe_rounds`` every client's update on the current global model is recorded, while
+    only the sampled clients' updates are aggregated: an attacker simulating shadow clients
+    gets more training data without changing the FL recipe it imitates.
+    """
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
     data = [(xt[c.train], yt[c.train]) for c in clients]
     params = init if init is not None else init_params(x.shape[1], cfg, seed)
     per_round = cfg.clients_per_round(len(clients))
-    total = cfg.rounds * per_round
-    log = UpdateLog(np.repeat(np.arange(cfg.rounds), per_round), [], [],
+    probe_rounds = set(probe_rounds)
+    sizes = [len(clients) if r in probe_rounds else per_round for r in range(cfg.rounds)]
+    total = sum(sizes)
+    log = UpdateLog(np.repeat(np.arange(cfg.rounds), sizes), [], [],
                     np.zeros(total, dtype=np.int64),
                     {k: torch.empty((total, *params[k].shape)) for k in record})
     rng = np.random.default_rng(seed)
     row = 0
     for rnd in range(cfg.rounds):
         chosen = np.sort(rng.choice(len(clients), per_round, replace=False))
-        updates = []
-        for k in chosen:
+        shared = {}
+        for k in range(len(clients)) if rnd in probe_rounds else chosen:
             client_seed = int(np.random.SeedSequence([seed, rnd, int(k)]).generate_state(1)[0])
             update = local_update(params, *data[k], cfg, client_seed, defense)
-            updates.append(update)
+            shared[int(k)] = update
             c = clients[k]
             log.clients.append(c.cid)
             log.speakers.append(c.speaker)
@@ -151,7 +158,8 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
             for name in record:
                 log.layers[name][row] = update[name]
             row += 1
-        params = aggregate(params, updates, [clients[k].n_train for k in chosen], cfg)
+        params = aggregate(params, [shared[int(k)] for k in chosen],
+                           [clients[k].n_train for k in chosen], cfg)
         if on_round:
             on_round(1)
     return FLRun(params, log)
