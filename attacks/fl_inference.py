@@ -20,7 +20,8 @@ from torch import nn
 from serbench.context import CorpusData, EvalContext, FoldResult
 from serbench.errors import SerbenchError
 from serbench.fl.clients import make_clients
-from serbench.fl.engine import FLConfig, UpdateLog, init_params, predict, run_federated
+from serbench.fl import get_engine
+from serbench.fl.engine import FLConfig, UpdateLog, init_params, predict
 from serbench.metrics import classification_metrics, uar, emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
@@ -169,9 +170,9 @@ class FLInferenceAttack(Attack):
         # The server initialises the global model, so the attacker shadows from the same start.
         init = init_params(x.shape[1], cfg, ctx.seed)
         with ctx.reporter.track(description, cfg.rounds) as advance:
-            run = run_federated(x, y, clients, cfg, seed, init=init, defense=defense,
-                                record=self.recorded, probe_rounds=probe_rounds,
-                                on_round=advance)
+            run = get_engine(ctx.engine)(x, y, clients, cfg, seed, init=init, defense=defense,
+                                         record=self.recorded, probe_rounds=probe_rounds,
+                                         on_round=advance)
         return run, cfg.clients_per_round(len(clients)) / len(clients)
 
     def fit(self, ctx: EvalContext) -> None:

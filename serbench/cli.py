@@ -54,13 +54,16 @@ def eval_cmd(
         help="Corpus option KEY=VALUE, e.g. subset=improvised (repeatable).")] = [],
     shadow: Annotated[str, typer.Option(
         help="Attacker's shadow data: 'disjoint' (half the target corpus's speakers, never "
-             "the target's) or other dataset name(s), comma-separated.")] = "disjoint",
+             "the target's), 'none', or other dataset name(s), comma-separated.")] = "disjoint",
     shadow_root: Annotated[list[str], typer.Option(
         help="Root of each --shadow dataset, in order (repeatable).")] = [],
     features: Annotated[Optional[str], typer.Option(
         help="Feature set (default: the attack's; see `serbench list features`).")] = None,
     folds: Annotated[str, typer.Option(help="'all' or fold numbers, e.g. 1,3.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    engine: Annotated[str, typer.Option(
+        help="FL engine: 'inprocess' (default) or 'flower' (Flower's simulation engine).")
+    ] = "inprocess",
     layer: Annotated[Optional[str], typer.Option(
         help="Layer whose output/update the attacker reads (FL: first, second, last).")] = None,
     param: Annotated[list[str], typer.Option(
@@ -83,7 +86,8 @@ def eval_cmd(
                      data_root=str(data_root) if data_root else None,
                      dataset_options=_pairs(dataset_option, "--dataset-option"), shadow=shadow,
                      shadow_root=shadow_root, features=features, folds=_folds(folds), seed=seed,
-                     attack_params=attack_params, defense_params=_pairs(param, "--param"))
+                     engine=engine, attack_params=attack_params,
+                     defense_params=_pairs(param, "--param"))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:

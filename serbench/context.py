@@ -51,6 +51,8 @@ class EvalContext:
     seed: int
     mode: str = "non-adaptive"
     reporter: Reporter = field(default_factory=NullReporter)
+    #: FL engine name (see :data:`serbench.fl.ENGINES`) for attacks on the UPDATE surface.
+    engine: str = "inprocess"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from serbench.errors import SerbenchError
 from serbench.progress import NullReporter, Reporter
 
 DISJOINT = "disjoint"
+NO_SHADOW = "none"  # the attacker has no data of its own (attacks that need some say so)
 
 
 def load_corpus(name: str, root: str | Path | None, options: dict[str, Any] | None = None,

@@ -13,10 +13,11 @@ import pandas as pd
 from serbench.context import EvalContext, FoldResult
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
+from serbench.fl import get_engine
 from serbench.metrics import pooled_summary, summarize
 from serbench.plugins import Attack, Defense
 from serbench.progress import NullReporter, Reporter
-from serbench.protocol import DISJOINT, load_corpus, load_shadow, select_folds, split_disjoint
+from serbench.protocol import DISJOINT, NO_SHADOW, load_corpus, load_shadow, select_folds, split_disjoint
 from serbench.registry import load_plugin
 from serbench.results import RunDir, environment, write_csv, write_json
 
@@ -35,6 +36,7 @@ class EvalConfig:
     features: str | None = None
     folds: list[int] | None = None
     seed: int = 0
+    engine: str = "inprocess"
     attack_params: dict[str, Any] = field(default_factory=dict)
     defense_params: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +59,7 @@ class RunResult:
 
 def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
     """Resolve and validate both plugins before any heavy work starts."""
+    get_engine(cfg.engine)  # an unknown engine fails before any work
     attack = load_plugin("attack", cfg.attack).from_params(cfg.attack_params)
     defense = load_plugin("defense", cfg.defense).from_params(cfg.defense_params)
     features = cfg.features or attack.default_features
@@ -80,9 +83,10 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
     folds = select_folds(target.table, cfg.folds)
     # Extract everything up front: a corrupt file fails the run before any training.
     target.features(features)
+    shadow = None
     if cfg.shadow == DISJOINT:
         target, shadow = split_disjoint(target, cfg.seed)
-    else:
+    elif cfg.shadow != NO_SHADOW:
         shadow = load_shadow(cfg.shadow.split(","), cfg.shadow_root, cfg.dataset, reporter)
         shadow.features(features)
     folds = [f for f in folds if f in set(target.table["fold"])]  # folds left to the target
@@ -90,7 +94,7 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
         "features": features, "folds": folds,
         "attack_params": attack.params(), "defense_params": defense.params(),
         "target_speakers": sorted(target.table["speaker"].unique()),
-        "shadow_speakers": sorted(shadow.table["speaker"].unique()),
+        "shadow_speakers": sorted(shadow.table["speaker"].unique()) if shadow else [],
     }
     run_dir = RunDir(out or default_out(cfg), resolved)
     env = environment()
@@ -100,7 +104,7 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
     for mode in modes:
         ctx = EvalContext(target, shadow, defense,
                           defense if mode == "adaptive" else load_plugin("defense", "none")(),
-                          features, cfg.seed, mode, reporter)
+                          features, cfg.seed, mode, reporter, cfg.engine)
         done = {f: run_dir.load_fold(mode, f) for f in folds}
         if any(r is None for r in done.values()):
             attack.fit(ctx)
