@@ -167,6 +167,7 @@ class FLInferenceAttack(Attack):
         y = emotion_labels(table["emotion"], emotion_classes(ctx.target.table["emotion"]))
         clients = make_clients(table, data.clients_per_speaker, seed)
         cfg = self.fl_config(ctx)
+        defense.calibrate(rounds=cfg.rounds, sample_rate=cfg.clients_per_round(len(clients)) / len(clients))
         # The server initialises the global model, so the attacker shadows from the same start.
         init = init_params(x.shape[1], cfg, ctx.seed)
         with ctx.reporter.track(description, cfg.rounds) as advance:

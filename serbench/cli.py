@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -66,8 +66,12 @@ def eval_cmd(
     ] = "inprocess",
     layer: Annotated[Optional[str], typer.Option(
         help="Layer whose output/update the attacker reads (FL: first, second, last).")] = None,
+    analysis: Annotated[list[str], typer.Option(
+        help="Analysis the attack writes beside the results, e.g. layers (repeatable; "
+             "intercept: layers, emotions, features, improvised).")] = [],
     param: Annotated[list[str], typer.Option(
-        help="Defense parameter KEY=VALUE (repeatable).")] = [],
+        help="Defense parameter KEY=VALUE (repeatable); KEY=V1,V2,... sweeps it against the "
+             "undefended baseline, with a utility-vs-leakage table and plot.")] = [],
     attack_param: Annotated[list[str], typer.Option(
         help="Attack parameter KEY=VALUE, e.g. rounds=100 (repeatable).")] = [],
     out: Annotated[Optional[Path], typer.Option(
@@ -75,24 +79,43 @@ def eval_cmd(
              "one with the same configuration is resumed.")] = None,
 ) -> None:
     """Run an attack against a defense on a corpus and report utility vs leakage."""
-    from serbench.report import print_report
+    from serbench.report import print_report, print_sweep
     from serbench.runner import EvalConfig, run_eval
     from serbench.progress import RichReporter
 
     attack_params = _pairs(attack_param, "--attack-param")
     if layer is not None:
         attack_params["layer"] = layer
+    if analysis:
+        attack_params["analyses"] = ",".join(analysis)
     cfg = EvalConfig(attack=attack, defense=defense, dataset=dataset,
                      data_root=str(data_root) if data_root else None,
                      dataset_options=_pairs(dataset_option, "--dataset-option"), shadow=shadow,
                      shadow_root=shadow_root, features=features, folds=_folds(folds), seed=seed,
                      engine=engine, attack_params=attack_params,
                      defense_params=_pairs(param, "--param"))
+    swept = {k: v.split(",") for k, v in cfg.defense_params.items() if "," in v}
+    if len(swept) > 1:
+        raise SerbenchError(f"--param sweeps one parameter at a time; got {', '.join(swept)}")
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        result = run_eval(cfg, out, RichReporter(progress))
-    print_report(result, console)
+        reporter = RichReporter(progress)
+        if swept:
+            from serbench.runner import build_plugins, default_out
+            from serbench.sweep import run_sweep
+
+            (key, values), = swept.items()
+            for value in values:  # every value is checked before the first run starts
+                build_plugins(replace(cfg, defense_params={**cfg.defense_params, key: value}))
+            out = out or default_out(cfg)
+            frame = run_sweep(cfg, key, values, out, reporter)
+        else:
+            result = run_eval(cfg, out, reporter)
+    if swept:
+        print_sweep(frame, out, console)
+    else:
+        print_report(result, console)
 
 
 @app.command("list")

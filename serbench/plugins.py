@@ -47,7 +47,7 @@ class Plugin:
 
     @classmethod
     def parameter_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        return [f.name for f in dataclasses.fields(cls) if f.init]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Self:
@@ -64,7 +64,7 @@ class Plugin:
         return cls(**kwargs)
 
     def params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in self.parameter_names()}
 
 
 @dataclasses.dataclass
@@ -80,6 +80,10 @@ class Defense(Plugin):
     surfaces: ClassVar[frozenset[Surface]] = frozenset()
     #: Randomised defenses are scored only against attacks that average over their randomness.
     randomized: ClassVar[bool] = False
+
+    def calibrate(self, *, rounds: int, sample_rate: float) -> None:
+        """Called before every FL run with its recipe, for defenses whose noise depends on it
+        (UDP turns a target ε into a noise multiplier for these rounds and sampling rate)."""
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:

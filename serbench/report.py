@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -49,6 +50,24 @@ def print_report(result: RunResult, console: Console) -> None:
         console.print(mode_table(mode, f"{mode.mode} attacker"))
         if mode.extras:
             console.print("  " + ", ".join(f"{k} = {v:.3g}" for k, v in mode.extras.items()))
+    if len(result.modes) > 1:
+        headline = result.headline()
+        console.print("headline (stronger attack mode): " + ", ".join(
+            f"{_label(k)} {v:.3f}" for k, v in headline.items() if k.endswith(".uar")))
     console.print("95% CI: bootstrap over pooled predictions; chance: UAR of a constant guess, "
                   "* majority-class rate for accuracy", style="dim")
     console.print(f"results: {result.path}")
+
+
+def print_sweep(frame, out, console: Console) -> None:
+    """The sweep's utility-vs-leakage table (one row per setting)."""
+    table = Table(title="utility vs leakage (leakage: stronger attack mode)", title_justify="left")
+    columns = [c for c in frame.columns if c not in ("setting", "defense")]
+    table.add_column("setting", no_wrap=True)
+    for c in columns:
+        table.add_column(_label(c) if c.endswith(".uar") else c, justify="right")
+    for values in frame.to_dict(orient="records"):
+        table.add_row(values["setting"], *(f"{values[c]:.3g}" if pd.notna(values[c]) else ""
+                                           for c in columns))
+    console.print(table)
+    console.print(f"results: {out}/sweep.csv, plot: {out}/sweep.png")

@@ -56,6 +56,20 @@ class RunResult:
     config: dict[str, Any]
     modes: list[ModeResult]
 
+    def headline(self) -> dict[str, float]:
+        """SPEC §5: utility, and per leakage measure the stronger attack mode's pooled UAR."""
+        out: dict[str, float] = {}
+        for mode in self.modes:
+            for row in mode.pooled.itertuples():
+                key = f"{row.task}@{row.group}.uar" if row.group else f"{row.task}.uar"
+                if row.task == "emotion":
+                    out[key] = row.uar  # the target's training does not depend on the mode
+                else:
+                    out[key] = max(out.get(key, 0.0), row.uar)
+            for name, value in mode.extras.items():
+                out.setdefault(name, value)
+        return out
+
 
 def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
     """Resolve and validate both plugins before any heavy work starts."""
@@ -104,7 +118,7 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
     for mode in modes:
         ctx = EvalContext(target, shadow, defense,
                           defense if mode == "adaptive" else load_plugin("defense", "none")(),
-                          features, cfg.seed, mode, reporter, cfg.engine)
+                          features, cfg.seed, mode, reporter, cfg.engine, run_dir.path)
         done = {f: run_dir.load_fold(mode, f) for f in folds}
         if any(r is None for r in done.values()):
             attack.fit(ctx)
@@ -114,8 +128,9 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
                 run_dir.save_fold(mode, fold, done[fold])
             reporter.log(f"{mode} fold {fold} done")
         results.append(_mode_result(mode, done, cfg.seed))
-    _write_outputs(run_dir.path, results, env)
-    return RunResult(run_dir.path, resolved, results)
+    result = RunResult(run_dir.path, resolved, results)
+    _write_outputs(result, env)
+    return result
 
 
 def _mode_result(mode: str, folds: dict[int, FoldResult], seed: int) -> ModeResult:
@@ -126,7 +141,8 @@ def _mode_result(mode: str, folds: dict[int, FoldResult], seed: int) -> ModeResu
                       pooled_summary(preds, seed), {k: v["mean"] for k, v in extras.items()})
 
 
-def _write_outputs(path: Path, results: list[ModeResult], env: dict[str, Any]) -> None:
+def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
+    path, results = result.path, result.modes
     metrics = pd.DataFrame([{"mode": m.mode, "fold": f, **r.metrics}
                             for m in results for f, r in m.folds.items()])
     preds = pd.concat([r.predictions.assign(mode=m.mode, fold=f)
@@ -134,7 +150,8 @@ def _write_outputs(path: Path, results: list[ModeResult], env: dict[str, Any]) -
     write_csv(path / "metrics.csv", metrics)
     write_csv(path / "predictions.csv", preds)
     write_json(path / "summary.json", {
-        m.mode: {"folds": m.summary, "pooled": m.pooled.to_dict(orient="records"),
-                 "privacy": m.extras} for m in results})
+        "headline": result.headline(),
+        "modes": {m.mode: {"folds": m.summary, "pooled": m.pooled.to_dict(orient="records"),
+                           "extras": m.extras} for m in results}})
     env["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(path / "environment.json", env)
