@@ -76,7 +76,7 @@ class LinearUpdateModel(nn.Module):
         return torch.cat([weight.flatten(1), bias], 1).numpy()
 
     def fit(self, inputs: list[torch.Tensor], labels: torch.Tensor) -> LinearUpdateModel:
-        self.clf = LogisticRegression(C=self.c, max_iter=2000, class_weight="balanced")
+        self.clf = LogisticRegression(C=self.c, max_iter=500, tol=1e-3, class_weight="balanced")
         self.clf.fit(self._flat(*inputs), labels.numpy())
         return self
 
@@ -120,8 +120,8 @@ class FLInferenceAttack(Attack):
     averaging: str = "1,5,10,all"
     model: str = "auto"
     input_pool: int = 8
-    epochs: int = 30
-    shadow_probe_every: int = 4
+    epochs: int = 20
+    shadow_probe_every: int = 8
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
 
@@ -187,14 +187,24 @@ class FLInferenceAttack(Attack):
                                 ctx.shadow_defense, f"shadow {self.algorithm} ({ctx.mode})", probe)
         weight, bias = (run.log.layers[n] for n in self.recorded)
         self.stats = [(t.mean(0), t.std(0) + 1e-8) for t in (weight, bias)]
-        labels = torch.as_tensor(run.log.genders)
+        # Train on the averages the attack will classify too (chunks of n of one client's
+        # updates): a model that saw only single updates collapses on averaged ones.
+        speaker_of = dict(zip(run.log.clients, run.log.speakers))
+        parts = [([weight, bias], run.log.genders, run.log.speakers)]
+        for n in self.averaging_sizes():
+            if n != 1:
+                averaged, genders, owners = average_updates(run.log, self.recorded, n)
+                parts.append((averaged, genders, [speaker_of[o] for o in owners]))
+        weight, bias = (torch.cat([p[0][i] for p in parts]) for i in (0, 1))
+        genders = np.concatenate([p[1] for p in parts])
+        speakers = np.concatenate([np.asarray(p[2]) for p in parts])
+        labels = torch.as_tensor(genders)
         # Validate on held-out shadow speakers (a third of each gender) so the attacker is
         # tuned, and its model chosen, for speakers it has never seen.
-        speakers = np.asarray(run.log.speakers)
         rng = np.random.default_rng(ctx.seed)
         held = set()
         for g in (0, 1):
-            spk = sorted(set(speakers[run.log.genders == g]))
+            spk = sorted(set(speakers[genders == g]))
             held.update(rng.choice(spk, max(1, len(spk) // 3), replace=False) if len(spk) > 1 else [])
         val = torch.as_tensor(np.isin(speakers, list(held)))
         if not val.any():
@@ -210,7 +220,7 @@ class FLInferenceAttack(Attack):
             with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
                     model, *train, val=held_out, epochs=self.epochs, lr=1e-3, weight_decay=1e-4,
-                    seed=ctx.seed, advance=adv)
+                    patience=4, seed=ctx.seed, advance=adv)
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
         self.selection = {name: uar(held_out[1].numpy(),
                                     predict_proba(m, held_out[0]).argmax(1).numpy())

@@ -62,7 +62,8 @@ def eval_cmd(
     folds: Annotated[str, typer.Option(help="'all' or fold numbers, e.g. 1,3.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     engine: Annotated[str, typer.Option(
-        help="FL engine: 'inprocess' (default) or 'flower' (Flower's simulation engine).")
+        help="FL engine: 'inprocess' (default), 'flower' (Flower's simulation engine) or "
+             "'flower-deployment' (a running SuperLink: docs/cluster.md).")
     ] = "inprocess",
     layer: Annotated[Optional[str], typer.Option(
         help="Layer whose output/update the attacker reads (FL: first, second, last).")] = None,

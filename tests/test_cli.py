@@ -38,7 +38,7 @@ def tone(path: Path) -> str:
 
 @pytest.mark.parametrize("option, value, fragment", [
     ("--attack", "nope", "valid: fedavg, fedsgd"),
-    ("--defense", "nope", "valid: none"),
+    ("--defense", "nope", "valid: noise, none, udp"),
     ("--dataset", "nope", "valid: crema-d, iemocap, manifest, msp-improv, ravdess, synth"),
     ("--features", "nope", "valid: egemaps, emobase"),
 ])

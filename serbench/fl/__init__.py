@@ -12,6 +12,7 @@ from serbench.errors import unknown_name
 ENGINES = {
     "inprocess": "serbench.fl.engine:run_federated",
     "flower": "serbench.fl.flower:run_federated",
+    "flower-deployment": "serbench.fl.flower_deploy:run_federated",
 }
 
 
