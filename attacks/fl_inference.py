@@ -120,7 +120,7 @@ class FLInferenceAttack(Attack):
     averaging: str = "1,5,10,all"
     model: str = "auto"
     input_pool: int = 8
-    epochs: int = 20
+    epochs: int = 12
     shadow_probe_every: int = 8
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
@@ -220,7 +220,7 @@ class FLInferenceAttack(Attack):
             with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
                     model, *train, val=held_out, epochs=self.epochs, lr=1e-3, weight_decay=1e-4,
-                    patience=4, seed=ctx.seed, advance=adv)
+                    patience=3, seed=ctx.seed, advance=adv)
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
         self.selection = {name: uar(held_out[1].numpy(),
                                     predict_proba(m, held_out[0]).argmax(1).numpy())
