@@ -44,8 +44,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -113,4 +113,5 @@ class RunDir:
         path = self._fold_path(mode, fold)
         # Predictions first: a fold counts as done only once its JSON exists.
         write_csv(path.with_suffix(".predictions.csv"), result.predictions)
-        write_json(path, {"metrics": result.metrics, "extras": result.extras})
+        # Keep the attack's metric order: the report lists metrics in it, resumed or not.
+        write_json(path, {"metrics": result.metrics, "extras": result.extras}, sort_keys=False)
