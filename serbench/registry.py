@@ -14,13 +14,21 @@ from serbench.plugins import Attack, Defense, Plugin
 BASES: dict[str, type[Plugin]] = {"attack": Attack, "defense": Defense}
 
 
+def entry_point_names(kind: str) -> list[str]:
+    """Names of the installed plugins of ``kind`` ("attack" or "defense"), without importing
+    them: one broken third-party plugin must not break every command."""
+    return sorted({ep.name for ep in entry_points(group=f"serbench.{kind}s")})
+
+
 def available(kind: str) -> dict[str, type[Plugin]]:
-    """Installed plugins of ``kind`` ("attack" or "defense"), by name."""
+    """Installed plugins of ``kind`` that import, by name (a broken one is left out)."""
     found = {}
-    for ep in entry_points(group=f"serbench.{kind}s"):
-        cls = ep.load()
-        found[cls.name] = cls
-    return dict(sorted(found.items()))
+    for name in entry_point_names(kind):
+        try:
+            found[name] = load_plugin(kind, name)
+        except SerbenchError:
+            continue
+    return found
 
 
 def load_plugin(kind: str, ref: str) -> type[Plugin]:
@@ -28,10 +36,17 @@ def load_plugin(kind: str, ref: str) -> type[Plugin]:
     path, sep, cls_name = ref.rpartition(":")
     if sep and path.endswith(".py"):
         return _from_file(kind, Path(path), cls_name)
-    plugins = available(kind)
-    if ref not in plugins:
-        raise unknown_name(kind, ref, plugins)
-    return plugins[ref]
+    eps = [ep for ep in entry_points(group=f"serbench.{kind}s") if ep.name == ref]
+    if not eps:
+        raise unknown_name(kind, ref, entry_point_names(kind))
+    try:
+        cls = eps[0].load()
+    except Exception as exc:  # a plugin's import failure: report it, don't trace back
+        raise SerbenchError(f"{kind} {ref!r} ({eps[0].value}) cannot be imported: "
+                            f"{type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BASES[kind])):
+        raise SerbenchError(f"{kind} {ref!r} ({eps[0].value}) is not a {BASES[kind].__name__}")
+    return cls
 
 
 def _from_file(kind: str, path: Path, cls_name: str) -> type[Plugin]:
