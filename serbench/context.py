@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,8 @@ class EvalContext:
     reporter: Reporter = field(default_factory=NullReporter)
     #: FL engine name (see :data:`serbench.fl.ENGINES`) for attacks on the UPDATE surface.
     engine: str = "inprocess"
+    #: The run directory, for attacks that write tables and plots beside the results.
+    out_dir: Path | None = None
 
 
 @dataclass
