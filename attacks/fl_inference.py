@@ -261,12 +261,12 @@ class FLInferenceAttack(Attack):
 @dataclass
 class FedSGDAttack(FLInferenceAttack):
     name: ClassVar[str] = "fedsgd"
-    summary: ClassVar[str] = "gender from FedSGD gradients (shadow-trained CNN on one layer)"
+    summary: ClassVar[str] = "gender from FedSGD gradients (shadow-trained model on one layer)"
     algorithm: ClassVar[str] = "fedsgd"
 
 
 @dataclass
 class FedAvgAttack(FLInferenceAttack):
     name: ClassVar[str] = "fedavg"
-    summary: ClassVar[str] = "gender from FedAvg updates (shadow-trained CNN on one layer)"
+    summary: ClassVar[str] = "gender from FedAvg updates (shadow-trained model on one layer)"
     algorithm: ClassVar[str] = "fedavg"
