@@ -29,13 +29,19 @@ def load_corpus(name: str, root: str | Path | None, options: dict[str, Any] | No
 def split_disjoint(data: CorpusData, seed: int, fraction: float = 0.5
                    ) -> tuple[CorpusData, CorpusData]:
     """Reserve a gender-stratified ``fraction`` of the speakers for the attacker's shadow data;
-    the target keeps the rest, with its standard folds."""
+    the target keeps the rest, with its standard folds. Speakers sharing a ``pair`` value (the
+    null corpus's twins) are kept together."""
     rng = np.random.default_rng(seed)
     speakers = data.table.drop_duplicates("speaker").sort_values("speaker")
     shadow: list[str] = []
-    for _, group in speakers.groupby("gender"):
-        spk = rng.permutation(group["speaker"].to_numpy())
-        shadow.extend(spk[: int(round(fraction * len(spk)))])
+    if "pair" in data.table:  # twin speakers (the null corpus) stay on the same side
+        pairs = rng.permutation(np.unique(speakers["pair"]))
+        chosen = pairs[: int(round(fraction * len(pairs)))]
+        shadow = list(speakers.loc[speakers["pair"].isin(chosen), "speaker"])
+    else:
+        for _, group in speakers.groupby("gender"):
+            spk = rng.permutation(group["speaker"].to_numpy())
+            shadow.extend(spk[: int(round(fraction * len(spk)))])
     is_shadow = data.table["speaker"].isin(shadow).to_numpy()
     if is_shadow.all() or not is_shadow.any() or data.table.loc[is_shadow, "gender"].nunique() < 2:
         raise SerbenchError(f"dataset {data.name!r} has too few speakers of each gender to split "

@@ -37,7 +37,7 @@ from serbench.corpora.base import COLUMNS, EMOTIONS_4, GENDERS, Corpus
 from serbench.errors import SerbenchError
 
 #: Bump whenever the audio for given parameters changes: it is part of the cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 N_FOLDS = 5
 #: The corpus table (paths relative to the root) under a one-line ``_MAGIC`` header.
 META_FILE = "meta.csv"
@@ -146,16 +146,21 @@ def draw_voice(rng: np.random.Generator, kind: str) -> Voice:
 def speaker_voices(speakers: int, *, null: bool = False, seed: int = 0) -> list[tuple[str, Voice]]:
     """``(gender label, voice)`` per speaker: even indices F, odd M.
 
-    With ``null`` the voice's acoustic kind is not the label: within each gender, speakers
-    alternate between F-like and M-like voices, so both labels get the same pooled mixture
-    (exactly balanced, not just in expectation, so a finite corpus has no chance correlation
-    between label and voice kind) and every continuous trait is drawn from the kind's prior.
+    With ``null`` speakers come in twin pairs (2j, 2j+1) sharing one voice, one labelled F and
+    one M, and pairs alternate between F-like and M-like voices. Every acoustic trait then has
+    exactly the same distribution under both labels in the finite corpus, not just in
+    expectation: balancing only the voice kind left chance correlations (noise floor,
+    expressiveness) that a strong attacker picked up.
     """
     out = []
     for i in range(speakers):
         gender = GENDERS[i % 2]
-        kind = GENDERS[(i // 2) % 2] if null else gender
-        out.append((gender, draw_voice(np.random.default_rng([seed, i, 1]), kind)))
+        if null:
+            pair = i // 2
+            voice = draw_voice(np.random.default_rng([seed, pair, 1]), GENDERS[pair % 2])
+        else:
+            voice = draw_voice(np.random.default_rng([seed, i, 1]), gender)
+        out.append((gender, voice))
     return out
 
 
@@ -339,7 +344,10 @@ class Synth(Corpus):
         table = self._relative_table(voices)
         self._materialise(table, voices)
         assert self.root is not None
-        return table.assign(path=[str(self.root / p) for p in table["path"]])
+        table = table.assign(path=[str(self.root / p) for p in table["path"]])
+        if self.null:  # twins share a fold already; `pair` keeps them on one side of a split
+            table["pair"] = [int(spk.removeprefix("synth")) // 2 for spk in table["speaker"]]
+        return table
 
     def _relative_table(self, voices: list[tuple[str, Voice]]) -> pd.DataFrame:
         """The table with paths relative to the root (as stored in meta.csv)."""
