@@ -110,7 +110,7 @@ class _Fit(NamedTuple):
                               weight_decay=1e-4, seed=self.seed)
 
     def predict(self) -> np.ndarray:
-        torch.set_num_threads(1)  # a forked worker does not inherit the setting
+        torch.set_num_threads(1)  # a worker process does not inherit the setting
         proba = predict_proba(self.train(), [self.test])
         if self.n_gender:
             proba = proba.view(len(proba), self.n_gender, -1).sum(2)
@@ -118,8 +118,8 @@ class _Fit(NamedTuple):
 
 
 def _workers(requested: int) -> int:
-    """``requested`` worker processes, or one per usable CPU; 1 where fork is unavailable."""
-    if "fork" not in mp.get_all_start_methods():
+    """``requested`` worker processes, or one per usable CPU; 1 where forkserver is missing."""
+    if "forkserver" not in mp.get_all_start_methods():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return requested or cpus or 1
@@ -410,13 +410,13 @@ class _FoldRun:
         return _Leakage(gender, emotion)
 
     def map(self, fits: list[_Fit]) -> Iterator[np.ndarray]:
-        """Each fit's test predictions, in order, from forked worker processes (fork: the
-        children share the parent's tensors and never re-import a user's ``__main__``)."""
+        """Each fit's test predictions, in order, from worker processes. forkserver, not fork:
+        forking after torch has started its thread pools deadlocked (seen in CI)."""
         workers = min(_workers(self.attack.workers), len(fits))
         if workers < 2:
             yield from (fit.predict() for fit in fits)
             return
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
             yield from pool.map(_Fit.predict, fits)
 
     def emotion(self, result: _Leakage) -> tuple[np.ndarray, np.ndarray]:
