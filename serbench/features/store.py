@@ -64,9 +64,9 @@ def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = No
     if workers > 1 and len(todo) > 8:
         import multiprocessing
 
-        # fork, like torch's DataLoader: spawn would re-import a user's __main__, and the
-        # workers never touch torch, so its thread pools are not a hazard here.
-        ctx = multiprocessing.get_context("fork")
+        # forkserver: plain fork deadlocked once torch had started its thread pools (seen in
+        # CI); the server process is forked before any of that.
+        ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             for path, values in pool.map(_extract_one, todo, chunksize=8):
                 out[path] = values
