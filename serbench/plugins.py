@@ -15,6 +15,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self, get_type_hints
 
 import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 
 from serbench.errors import SerbenchError
 from serbench.params import coerce
@@ -80,6 +83,9 @@ class Defense(Plugin):
     surfaces: ClassVar[frozenset[Surface]] = frozenset()
     #: Randomised defenses are scored only against attacks that average over their randomness.
     randomized: ClassVar[bool] = False
+    #: The defense changes how models are trained (T, and each FL client's local training):
+    #: trainers then call :meth:`make_private` and :meth:`training_batch`.
+    trains: ClassVar[bool] = False
 
     def calibrate(self, *, rounds: int, sample_rate: float) -> None:
         """Called before every FL run with its recipe, for defenses whose noise depends on it
@@ -102,6 +108,23 @@ class Defense(Plugin):
     def transform_input(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """INPUT surface: transform the model input at test time (e.g. randomisation)."""
         return x
+
+    def make_private(self, model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
+                     epochs: int, generator: torch.Generator
+                     ) -> tuple[nn.Module, Optimizer, DataLoader]:
+        """Training (``trains``): wrap a trainer's model, optimizer and data loader before it
+        trains, as Opacus' ``PrivacyEngine.make_private`` does. Called once per training."""
+        return model, optimizer, loader
+
+    def training_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training (``trains``): the batch ``model`` trains on at ``step`` (the epoch of a
+        central training, the round of an FL client's), e.g. with adversarial copies added."""
+        return x, y
+
+    def training_privacy(self) -> dict[str, float]:
+        """Formal guarantees of the last training :meth:`make_private` wrapped, if any."""
+        return {}
 
 
 @dataclasses.dataclass

@@ -7,15 +7,20 @@ hand-tuned epoch count per corpus.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from serbench.progress import Advance
+
+if TYPE_CHECKING:
+    from serbench.plugins import Defense
 
 Inputs = Sequence[torch.Tensor]
 
@@ -31,19 +36,43 @@ def predict_proba(model: nn.Module, inputs: Inputs, batch_size: int = 256) -> to
 def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
                    val: tuple[Inputs, torch.Tensor] | None = None, epochs: int = 30,
                    lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
-                   patience: int = 5, seed: int = 0, advance: Advance | None = None) -> nn.Module:
-    """Adam with class-balanced cross-entropy; keeps the weights of the best validation UAR."""
+                   patience: int = 5, seed: int = 0, advance: Advance | None = None,
+                   defense: Defense | None = None) -> nn.Module:
+    """Adam with class-balanced cross-entropy; keeps the weights of the best validation UAR.
+
+    A ``defense`` that ``trains`` (DP-SGD, adversarial training) wraps the training: its
+    ``make_private`` sees the model, optimizer and a data loader, its ``training_batch`` every
+    batch.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
     class_weight = counts.sum() / (len(counts) * counts.clamp(min=1))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    trains = defense is not None and defense.trains
+    if trains:
+        if len(inputs) != 1:
+            raise ValueError("a defense that trains wraps single-input models only")
+        loader = DataLoader(TensorDataset(*inputs, labels), batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        model, opt, loader = defense.make_private(model, opt, loader, epochs=epochs,
+                                                  generator=gen)
+
+    def batches(epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        if not trains:
+            for batch in torch.randperm(len(labels), generator=gen).split(batch_size):
+                yield [t[batch] for t in inputs], labels[batch]
+            return
+        for x, y in loader:
+            if len(y):  # Poisson sampling may draw an empty batch
+                x, y = defense.training_batch(model, x, y, step=epoch, generator=gen)
+                yield [x], y
+
     best, best_state, stale = -np.inf, None, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
-        for batch in torch.randperm(len(labels), generator=gen).split(batch_size):
-            loss = F.cross_entropy(model(*(t[batch] for t in inputs)), labels[batch],
-                                   weight=class_weight)
+        for xs, y in batches(epoch):
+            loss = F.cross_entropy(model(*xs), y, weight=class_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
