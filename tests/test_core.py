@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from serbench.errors import SerbenchError
+from serbench.features.extractors import compute, feature_spec
 from serbench.features.logmel import LogMel
 from serbench.features.store import zscore_per_speaker
 from serbench.fl.clients import make_clients
@@ -61,6 +62,17 @@ def test_logmel_keeps_gradients_to_the_waveform() -> None:
     assert spec.shape == (64, 101)
     spec.sum().backward()
     assert wave.grad is not None and torch.isfinite(wave.grad).all()
+
+
+def test_is09_lld_holds_descriptors_and_their_deltas() -> None:
+    """The paper's LSTM input: 16 IS09 LLDs plus their 16 deltas per frame."""
+    t = np.arange(16000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+    frames = compute(feature_spec("is09-lld"), wave, 16000)
+    assert frames.shape[1] == 32 and len(frames) > 90
+    # A steady tone: the LLDs (e.g. F0) are non-zero, their deltas near zero mid-utterance.
+    middle = frames[20:-20]
+    assert np.abs(middle[:, :16]).mean() > 10 * np.abs(middle[:, 16:]).mean()
 
 
 def test_zscore_per_speaker() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from serbench.attacks.intercept import InterceptAttack
-from serbench.context import CorpusData, EvalContext
+from serbench.context import EvalContext
 from serbench.defenses.none import NoDefense
 from serbench.errors import SerbenchError
 from serbench.fl.engine import single_thread
@@ -34,20 +34,9 @@ def leakage(result) -> dict[str, float]:
     return dict(zip(pooled["group"], pooled["uar"]))
 
 
-def twinned(data: CorpusData) -> CorpusData:
-    """Every speaker plus a twin: the same recordings, the other gender label, the same fold."""
-    flip = {"F": "M", "M": "F"}
-    twins = data.table.assign(utt_id=data.table["utt_id"] + "-twin",
-                              speaker=data.table["speaker"] + "-twin",
-                              gender=data.table["gender"].map(flip))
-    return CorpusData(data.name, pd.concat([data.table, twins], ignore_index=True))
-
-
-def leakage_over_folds(dataset_options: dict, params: dict, twins: bool) -> dict[str, float]:
+def leakage_over_folds(dataset_options: dict, params: dict) -> dict[str, float]:
     """Pooled gender UAR per scenario/attacker over all folds, through fit and evaluate_fold."""
     target, shadow = split_disjoint(load_corpus("synth", None, dataset_options), 0)
-    if twins:
-        target, shadow = twinned(target), twinned(shadow)
     ctx = EvalContext(target, shadow, NoDefense(), NoDefense(), "logmel", 0)
     attack = InterceptAttack(**params)
     attack.fit(ctx)
@@ -60,15 +49,12 @@ def leakage_over_folds(dataset_options: dict, params: dict, twins: bool) -> dict
 def test_null_corpus_leaks_nothing() -> None:
     """SPEC §8: where gender has no acoustic cue, every scenario's leakage is chance.
 
-    An attacker's predictions are nearly constant per speaker, so with the default corpus's
-    20 target speakers the pooled UAR of a chance-level attacker still varies by about
-    ±0.1 (measured on ``null=true``: 0.47 to 0.63 over the scenarios; docs/intercept.md). Each
-    speaker of the null corpus therefore gets a twin with the same recordings and the other
-    label: every acoustic cue is shared by both labels, exactly, so a pipeline that infers
-    gender from the audio alone scores chance, and any other route (labels, speaker ids,
-    ordering) would show.
+    The null corpus's speakers are twins: one voice, one F- and one M-labelled speaker, on
+    the same side of every split. Every acoustic trait then has the same distribution under
+    both labels, so a pipeline that infers gender from the audio alone scores chance, and any
+    other route (labels, speaker ids, ordering) would show.
     """
-    scores = leakage_over_folds({"utterances_per_emotion": 2, "null": True}, FAST, twins=True)
+    scores = leakage_over_folds({"utterances_per_emotion": 2, "null": True}, FAST)
     assert set(scores) == {f"{s}/{a}" for s in SCENARIOS for a in ("generic", "aware")}
     for group, score in scores.items():
         assert abs(score - 0.5) <= 0.05, (group, score)
@@ -77,7 +63,7 @@ def test_null_corpus_leaks_nothing() -> None:
 def test_gender_cues_leak_in_the_worst_case() -> None:
     """The control for the null test: the same pipeline on the normal corpus leaks."""
     scores = leakage_over_folds(SMALL, {
-        **FAST, "scenarios": "worst", "attackers": "generic"}, twins=False)
+        **FAST, "scenarios": "worst", "attackers": "generic"})
     assert scores["worst/generic"] > 0.7
 
 

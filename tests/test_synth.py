@@ -4,6 +4,7 @@ carry gender (except with ``null=True``) and emotion, measured from the audio it
 from __future__ import annotations
 
 import os
+from hashlib import sha1
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,12 @@ def test_null_corpus_has_no_gender_cue(null_corpus: pd.DataFrame) -> None:
     assert 0.25 <= accuracy <= 0.75
     # The voices still span both kinds: only the link to the label is gone.
     assert speakers["f0_mean"].min() < 140 and speakers["f0_mean"].max() > 190
+    # Twins (same pair, one F and one M) hold the same recordings.
+    for _, twins in null_corpus.groupby("pair"):
+        assert sorted(twins["gender"].unique()) == ["F", "M"]
+        audio = [sorted(sha1(Path(p).read_bytes()).hexdigest() for p in rows["path"])
+                 for _, rows in twins.groupby("speaker")]
+        assert audio[0] == audio[1]
 
 
 def test_emotion_visible_in_level_and_f0(corpus: pd.DataFrame) -> None:

@@ -37,7 +37,7 @@ from serbench.corpora.base import COLUMNS, EMOTIONS_4, GENDERS, Corpus
 from serbench.errors import SerbenchError
 
 #: Bump whenever the audio for given parameters changes: it is part of the cache key.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 N_FOLDS = 5
 #: The corpus table (paths relative to the root) under a one-line ``_MAGIC`` header.
 META_FILE = "meta.csv"
@@ -147,10 +147,12 @@ def speaker_voices(speakers: int, *, null: bool = False, seed: int = 0) -> list[
     """``(gender label, voice)`` per speaker: even indices F, odd M.
 
     With ``null`` speakers come in twin pairs (2j, 2j+1) sharing one voice, one labelled F and
-    one M, and pairs alternate between F-like and M-like voices. Every acoustic trait then has
-    exactly the same distribution under both labels in the finite corpus, not just in
-    expectation: balancing only the voice kind left chance correlations (noise floor,
-    expressiveness) that a strong attacker picked up.
+    one M, and pairs alternate between F-like and M-like voices; twins also share every
+    recording (:meth:`Synth._write_speaker`). The audio then has exactly the same distribution
+    under both labels in the finite corpus, not just in expectation: balancing only the voice
+    kind left chance correlations (noise floor, expressiveness) that a strong attacker picked
+    up, and twins with their own utterance draws still let shadow-trained intercept attackers
+    reach 0.575 on 20 target speakers.
     """
     out = []
     for i in range(speakers):
@@ -446,10 +448,12 @@ class Synth(Corpus):
                 raise
 
     def _write_speaker(self, directory: Path, i: int, voice: Voice) -> None:
-        """All utterances of speaker ``i``."""
+        """All utterances of speaker ``i`` (a null twin's are its pair's: ``i // 2``'s)."""
+        drawn = i // 2 if self.null else i
         for emotion in EMOTIONS_4:
             for k in range(self.utterances_per_emotion):
-                audio = generate_utterance(voice, emotion, utterance_rng(self.seed, i, emotion, k))
+                audio = generate_utterance(voice, emotion,
+                                           utterance_rng(self.seed, drawn, emotion, k))
                 path = directory / self._names(i, emotion, k)[1]
                 path.parent.mkdir(exist_ok=True)
                 sf.write(str(path), audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")

@@ -26,11 +26,13 @@ class FeatureSpec:
     backend: str  # "opensmile" or "logmel"
     feature_set: str = ""
     level: str = ""
+    #: LLD sequences: append openSMILE's delta of every descriptor (the paper's 16 + 16 = 32).
+    deltas: bool = False
 
     @property
     def key(self) -> str:
         lib = version("opensmile") if self.backend == "opensmile" else "torch-stft-v1"
-        return f"{self.name}-{self.feature_set}-{self.level}-{lib}"
+        return f"{self.name}-{self.feature_set}-{self.level}{'+deltas' * self.deltas}-{lib}"
 
 
 FEATURES: dict[str, FeatureSpec] = {
@@ -43,7 +45,7 @@ FEATURES: dict[str, FeatureSpec] = {
         FeatureSpec("egemaps", "functionals", "openSMILE eGeMAPS v02 functionals (88)", "opensmile",
                     "eGeMAPSv02", "Functionals"),
         FeatureSpec("is09-lld", "sequence", "openSMILE IS09 LLDs with deltas (32 per frame)",
-                    "opensmile", "IS09", "LowLevelDescriptors_Deltas"),
+                    "opensmile", "IS09", "LowLevelDescriptors", deltas=True),
         FeatureSpec("logmel", "sequence", "64-band log-mel spectrogram, 25 ms / 10 ms", "logmel"),
     )
 }
@@ -75,6 +77,13 @@ def compute(spec: FeatureSpec, wave: np.ndarray, sample_rate: int) -> np.ndarray
     """The features of one waveform, float32."""
     if spec.backend == "opensmile":
         values = _smile(spec.feature_set, spec.level).process_signal(wave, sample_rate).to_numpy()
+        if spec.deltas:
+            deltas = _smile(spec.feature_set, f"{spec.level}_Deltas").process_signal(
+                wave, sample_rate).to_numpy()
+            # openSMILE's delta stream has a frame more at each end: centre it on the LLDs.
+            start = max(0, (len(deltas) - len(values)) // 2)
+            n = min(len(values), len(deltas) - start)
+            values = np.concatenate([values[:n], deltas[start:start + n]], axis=1)
         return (values[0] if spec.kind == "functionals" else values).astype(np.float32)
     import torch
 
