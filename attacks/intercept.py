@@ -104,10 +104,12 @@ class _Fit(NamedTuple):
     seed: int
     test: torch.Tensor | None = None
     n_gender: int = 0
+    #: A defense that ``trains`` (adversarial training, DP-SGD) wraps the training.
+    defense: Defense | None = None
 
     def train(self) -> nn.Module:
         return fit_classifier(self.model, [self.x], self.y, epochs=self.epochs, lr=self.lr,
-                              weight_decay=1e-4, seed=self.seed)
+                              weight_decay=1e-4, seed=self.seed, defense=self.defense)
 
     def predict(self) -> np.ndarray:
         torch.set_num_threads(1)  # a worker process does not inherit the setting
@@ -343,8 +345,10 @@ class _FoldRun:
             gender = gender * len(self.classes) + emotion_labels(table["emotion"], self.classes)
         return torch.tensor(gender, dtype=torch.long)
 
-    def train_target(self, family: str, features: str) -> Target:
-        """T for emotion, from scratch, on the fold's training speakers."""
+    def train_target(self, family: str, features: str,
+                     defense: Defense | None = None) -> Target:
+        """T for emotion, from scratch, on the fold's training speakers (trained through
+        ``defense`` if it ``trains``)."""
         data, rows, _ = self.sides["target"]
         x, mask = self.attack.padded(data, features)
         x, mask = x[rows], mask[rows]
@@ -358,7 +362,7 @@ class _FoldRun:
         target = Target(net, features, shape, mean[:, None], var.sqrt()[:, None] + 1e-5)
         y = torch.tensor(emotion_labels(self.table("target")["emotion"], self.classes))
         _Fit(net, target.inputs(x, mask), y, self.attack.target_epochs, self.attack.lr,
-             seed).train()
+             seed, defense=defense).train()
         return target
 
     def transmitted(self, target: Target, layer: str, side: str) -> torch.Tensor:
