@@ -1,0 +1,234 @@
+"""Adversarial examples against the SER model's input (SPEC §2 surface 3, §3.3): FGSM, PGD and
+EOT-PGD, L∞ perturbations of T's log-mel input that flip its emotion prediction (Chang et al.,
+"Robust federated learning against adversarial attacks for SER").
+
+The attacker is white-box: it knows T's weights and front end, so it needs no shadow data.
+Per fold, T is trained as the intercept attack trains it (same helpers, same seeds), through
+the deployed defense's training hooks (adversarial training), then the fold's held-out
+utterances are perturbed and T's defended prediction scored. The attack's gradient goes
+through ``ctx.shadow_defense``'s ``transform_input``: nothing in the non-adaptive mode (the
+reference repo's evaluation: attack T, randomise afterwards), the deployed randomisation in the
+adaptive mode (one draw per step for FGSM and PGD, ``eot_samples`` draws averaged for EOT-PGD).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serbench.attacks.intercept import InterceptAttack, Target, _FoldRun, _seed
+from serbench.context import CorpusData, EvalContext, FoldResult
+from serbench.defenses.adv import linf_perturb
+from serbench.errors import SerbenchError, unknown_name
+from serbench.fl.engine import single_thread
+from serbench.metrics import classification_metrics, emotion_labels
+from serbench.models.targets import FAMILIES, SIZES
+from serbench.models.train import predict_proba
+from serbench.plugins import Attack, Defense, Surface
+
+
+def randomises_input(defense: Defense) -> bool:
+    """Whether the defense draws a random transformation of the model input (SPEC §3.3: such a
+    defense is scored only against EOT-PGD)."""
+    return defense.randomized and Surface.INPUT in defense.surfaces
+
+
+def defended_proba(defense: Defense, net: nn.Module, x: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The deployed prediction: T's class probabilities averaged over the defense's draws of
+    ``transform_input`` (``input_draws``, 1 for a defense without it)."""
+    draws = getattr(defense, "input_draws", 1)
+    return torch.stack([predict_proba(net, [defense.transform_input(x, generator=generator)])
+                        for _ in range(draws)]).mean(0)
+
+
+class Schedule(NamedTuple):
+    """The L∞ iteration: number of signed-gradient steps, their size, random start or not."""
+
+    steps: int
+    step_size: float
+    random_start: bool
+
+
+@dataclass
+class InputAttack(Attack, ABC):
+    """Shared protocol of the L∞ input attacks. Parameters: ``eps`` (in T's input units,
+    z-scored log-mel), T (``target`` family, ``size``, ``frames``, ``target_epochs``, ``lr``)
+    and ``batch_size`` (utterances attacked at once)."""
+
+    surface: ClassVar[Surface] = Surface.INPUT
+    default_features: ClassVar[str] = "logmel"
+    feature_kinds: ClassVar[tuple[str, ...]] = ("sequence",)
+    #: Averages its gradient over the defense's randomness: the only attack that scores a
+    #: randomised defense (SPEC §3.3).
+    averages_randomness: ClassVar[bool] = False
+
+    eps: float = 0.05
+    target: str = "vgg"
+    size: str = "cpu"
+    frames: int = 200
+    target_epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        #: T's padded inputs per corpus, for :meth:`padded` (the intercept attack's cache).
+        self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
+        #: T per (corpus, fold, seed, features, defense): the same in both attack modes, so
+        #: the adaptive mode reuses the non-adaptive mode's (the corpus is kept for its id).
+        self._targets: dict[tuple, tuple[CorpusData, Target]] = {}
+        super().__post_init__()
+
+    #: T's fixed-length inputs, computed once per run, exactly as the intercept attack does.
+    padded = InterceptAttack.padded
+
+    def validate(self) -> None:
+        if self.target not in FAMILIES:
+            raise unknown_name(f"{self.name} target model", self.target, FAMILIES)
+        if self.size not in SIZES:
+            raise unknown_name(f"{self.name} model size", self.size, SIZES)
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise SerbenchError(f"attack {self.name!r}: eps must be a number > 0, got {self.eps}")
+        if self.frames < 8 or self.target_epochs < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise SerbenchError(f"attack {self.name!r}: need frames >= 8, target_epochs >= 1, "
+                                f"lr > 0, batch_size >= 1")
+
+    @abstractmethod
+    def schedule(self) -> Schedule:
+        """The attack's iteration."""
+
+    def gradient_samples(self) -> int:
+        """Draws of a randomised defense's transformation averaged per gradient step."""
+        return 1
+
+    def group(self, defense: Defense) -> str:
+        """The prediction group of the attacked rows: "robust/<attack>", or "unscored/<attack>"
+        when the deployed defense is randomised and this attack does not average over it."""
+        scored = self.averages_randomness or not randomises_input(defense)
+        return f"{'robust' if scored else 'unscored'}/{self.name}"
+
+    def fit(self, ctx: EvalContext) -> None:
+        """Nothing to learn before the folds (white-box: T is the attacker's model); say once
+        which number a randomised defense is scored by."""
+        if self.group(ctx.defense).startswith("unscored"):
+            ctx.reporter.log(f"defense {ctx.defense.name!r} randomises the input: {self.name}'s "
+                             f"robust UAR is reported as unscored/{self.name}; run --attack "
+                             f"eot-pgd for its score (SPEC §3.3)")
+
+    def deployed(self, run: _FoldRun) -> Target:
+        """T of ``run``'s fold, trained through the deployed defense, once per attack object."""
+        ctx = run.ctx
+        key = (id(ctx.target), run.fold, ctx.seed, ctx.features, type(ctx.defense),
+               repr(ctx.defense.params()))
+        if key not in self._targets:
+            self._targets[key] = (ctx.target,
+                                  run.train_target(self.target, ctx.features, ctx.defense))
+        return self._targets[key][1]
+
+    def perturb(self, shadow: Defense, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """``x`` attacked, its gradient taken through ``shadow``'s input transformation (the
+        defense the attacker simulates), averaged over :meth:`gradient_samples` draws of it
+        where it is random."""
+        schedule = self.schedule()
+        samples = self.gradient_samples() if randomises_input(shadow) else 1
+        net.eval()
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            target = y[i:i + self.batch_size]
+
+            def loss(z: torch.Tensor) -> torch.Tensor:
+                return sum(F.cross_entropy(net(shadow.transform_input(z, generator=generator)),
+                                           target, reduction="sum") for _ in range(samples))
+
+            out.append(linf_perturb(loss, x[i:i + self.batch_size], eps=self.eps,
+                                    steps=schedule.steps, step_size=schedule.step_size,
+                                    random_start=schedule.random_start, generator=generator))
+        return torch.cat(out)
+
+    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
+        """Clean and attacked emotion predictions of the fold's speakers, both through the
+        deployed defense with the same draws of its randomness."""
+        with single_thread():  # small models: one thread is faster on a busy machine (intercept)
+            run = _FoldRun(self, ctx, fold)
+            target = self.deployed(run)
+            _, rows, _ = run.sides["test"]
+            x, mask = self.padded(ctx.target, target.features)
+            inputs = target.inputs(x[rows], mask[rows])
+            table = run.table("test")
+            y = emotion_labels(table["emotion"], run.classes)
+            attacked = self.perturb(ctx.shadow_defense, target.net, inputs, torch.tensor(y),
+                                    torch.Generator().manual_seed(
+                                        _seed(ctx.seed, fold, "attack")))
+            deployed_seed = _seed(ctx.seed, fold, "deployed")
+            clean, robust = (defended_proba(ctx.defense, target.net, z, torch.Generator()
+                                            .manual_seed(deployed_seed)).argmax(1).numpy()
+                             for z in (inputs, attacked))
+        group = self.group(ctx.defense)
+        info = {"speaker": table["speaker"].to_numpy(), "emotion": table["emotion"].to_numpy()}
+        preds = pd.concat([pd.DataFrame({"task": "emotion", "group": g, "y_true": y,
+                                         "y_pred": p, **info})
+                           for g, p in (("", clean), (group, robust))], ignore_index=True)
+        metrics = (classification_metrics("emotion", y, clean)
+                   | classification_metrics(f"emotion@{group}", y, robust))
+        return FoldResult(metrics, preds, {"linf": float((attacked - inputs).abs().max())})
+
+
+@dataclass
+class FGSMAttack(InputAttack):
+    """One signed-gradient step of size ``eps`` (Goodfellow et al.)."""
+
+    name: ClassVar[str] = "fgsm"
+    summary: ClassVar[str] = "FGSM: one L∞ signed-gradient step on T's log-mel input (robust UAR)"
+
+    def schedule(self) -> Schedule:
+        return Schedule(1, self.eps, False)
+
+
+@dataclass
+class PGDAttack(InputAttack):
+    """``steps`` projected signed-gradient steps of 2.5·eps/steps from a random start in the
+    ball (Madry et al.)."""
+
+    name: ClassVar[str] = "pgd"
+    summary: ClassVar[str] = "PGD: iterated L∞ steps from a random start on T's input (robust UAR)"
+
+    steps: int = 10
+    random_start: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.steps < 1:
+            raise SerbenchError(f"attack {self.name!r}: steps must be >= 1, got {self.steps}")
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, 2.5 * self.eps / self.steps, self.random_start)
+
+
+@dataclass
+class EOTPGDAttack(PGDAttack):
+    """PGD whose every gradient averages ``eot_samples`` draws of the defense's randomisation
+    (Athalye et al.'s expectation over transformation)."""
+
+    name: ClassVar[str] = "eot-pgd"
+    summary: ClassVar[str] = ("EOT-PGD: PGD with gradients averaged over the defense's random "
+                              "input transformations (scores randomised defenses)")
+    averages_randomness: ClassVar[bool] = True
+
+    eot_samples: int = 10
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eot_samples < 1:
+            raise SerbenchError(f"attack {self.name!r}: eot_samples must be >= 1, "
+                                f"got {self.eot_samples}")
+
+    def gradient_samples(self) -> int:
+        return self.eot_samples

@@ -1,0 +1,162 @@
+"""Adversarial training plus test-time randomisation (SPEC §4; Chang et al., "Robust federated
+learning against adversarial attacks for SER"; code: nunosofyen/Robust-Federated-Learning).
+
+Training: from the second step (epoch of a central training, round of an FL client's local
+training) every batch gets L∞ adversarial copies (FGSM or PGD) of a random half of it. Test
+time: each input spectrogram is resized by a random factor of up to ``resize`` (Xie et al.'s
+random resizing, as the reference: 373 x 64 frames x mels up to 380 x 66), zero-padded at a
+random offset to one fixed size, and the prediction is averaged over ``draws`` draws.
+
+The randomisation is the part Athalye et al. (2018) broke with EOT; serbench's ``eot-pgd``
+attacks through it (docs/adversarial.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serbench.errors import SerbenchError
+from serbench.plugins import Defense, Surface
+
+#: A differentiable model: an ``nn.Module`` or any function from inputs to logits (an FL
+#: engine may call its parameters functionally).
+Model = Callable[[torch.Tensor], torch.Tensor]
+METHODS = ("fgsm", "pgd")
+
+
+def linf_perturb(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float,
+                 steps: int, step_size: float, random_start: bool,
+                 generator: torch.Generator) -> torch.Tensor:
+    """``x`` moved to increase ``loss`` within the L∞ ball of radius ``eps``: signed-gradient
+    ascent steps, each projected back onto the ball (PGD, Madry et al.); FGSM is one step of
+    size ``eps`` from ``x``. ``loss`` should sum over the batch so that every input's gradient
+    is its own loss's. Log-mel inputs have no box constraint, so only the ball is projected on.
+    """
+    x = x.detach()
+    delta = torch.zeros_like(x)
+    if random_start:
+        delta = (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype) - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(x + delta), delta)
+        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+    return (x + delta).detach()
+
+
+@contextmanager
+def evaluating(model: Model) -> Iterator[None]:
+    """The model in eval mode while adversarial examples are computed: batch-norm statistics
+    stay untouched by them and dropout does not randomise their gradient."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class AdversarialTraining(Defense):
+    """Parameters: the training attack (``method``, ``eps`` in the model's input units,
+    ``steps`` of PGD) and the test-time randomisation (``resize``, the largest relative
+    enlargement, and ``draws`` averaged per prediction)."""
+
+    name: ClassVar[str] = "adv"
+    summary: ClassVar[str] = ("adversarial training (FGSM/PGD copies of half of each batch) and "
+                              "random resize-and-pad of the input at test time")
+    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.INPUT})
+    randomized: ClassVar[bool] = True
+    trains: ClassVar[bool] = True
+
+    method: str = "fgsm"  # the reference repo's configured training attack
+    eps: float = 0.05
+    steps: int = 5  # the reference's PGD max_iter
+    resize: float = 0.02
+    draws: int = 3  # the reference averages three randomised evaluations
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise SerbenchError(f"defense 'adv': unknown method {self.method!r}; "
+                                f"valid: {', '.join(METHODS)}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise SerbenchError(f"defense 'adv': eps must be a number > 0, got {self.eps}")
+        if self.steps < 1:
+            raise SerbenchError(f"defense 'adv': steps must be an integer >= 1, got {self.steps}")
+        if not 0 <= self.resize <= 0.5:
+            raise SerbenchError(f"defense 'adv': resize must be in [0, 0.5] (a fraction: 0.02 "
+                                f"= up to 2% larger), got {self.resize}")
+        if self.draws < 1:
+            raise SerbenchError(f"defense 'adv': draws must be an integer >= 1, got {self.draws}")
+
+    @property
+    def input_draws(self) -> int:
+        """How many draws of :meth:`transform_input` one defended prediction averages."""
+        return self.draws
+
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator) -> torch.Tensor:
+        """Adversarial copies of ``x`` against ``model`` with the training ``method``."""
+        steps = 1 if self.method == "fgsm" else self.steps
+        step_size = self.eps if self.method == "fgsm" else 2.5 * self.eps / self.steps
+        with evaluating(model):
+            return linf_perturb(lambda z: F.cross_entropy(model(z), y, reduction="sum"), x,
+                                eps=self.eps, steps=steps, step_size=step_size,
+                                random_start=self.method == "pgd", generator=generator)
+
+    def training_batch(self, model: Model, x: torch.Tensor, y: torch.Tensor, *, step: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """From step 1 on (the second epoch or round): the batch plus adversarial copies of a
+        random half of it (at least one input), labelled as their originals."""
+        if step < 1:
+            return x, y
+        half = torch.randperm(len(y), generator=generator)[:max(1, len(y) // 2)]
+        copies = self.perturb(model, x[half], y[half], generator=generator)
+        return torch.cat([x, copies]), torch.cat([y, y[half]])
+
+    def transform_input(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """(N, 1, mels, frames) spectrograms: each resized to a random size between its own and
+        ``1 + resize`` times it, then zero-padded (0 is the mean of z-scored features) at a
+        random offset to that largest size. Other inputs (an FL model's feature vectors) pass
+        unchanged. One differentiable ``grid_sample`` does it for the whole batch: bilinear
+        sampling with clamped borders is exactly ``F.interpolate``'s bilinear resize, and a
+        mask zeroes the padding."""
+        if x.dim() != 4:
+            return x
+        n, (height, width) = len(x), x.shape[-2:]
+        out_h, out_w = round(height * (1 + self.resize)), round(width * (1 + self.resize))
+        rows = _placement(n, height, out_h, generator, x.dtype)
+        cols = _placement(n, width, out_w, generator, x.dtype)
+        grid = torch.stack(torch.broadcast_tensors(cols.coords[:, None, :],
+                                                   rows.coords[:, :, None]), dim=-1)
+        sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                align_corners=False)
+        return sampled * (rows.inside[:, :, None] & cols.inside[:, None, :])[:, None]
+
+
+class _Placement(NamedTuple):
+    """Per input, along one axis of the output: the normalised input coordinate each output
+    pixel samples (``grid_sample``'s convention) and whether it lies inside the resized input."""
+
+    coords: torch.Tensor  # (N, out)
+    inside: torch.Tensor  # (N, out), bool
+
+
+def _placement(n: int, size: int, out: int, generator: torch.Generator,
+               dtype: torch.dtype) -> _Placement:
+    """A random resized length in [size, out] and a random offset in the padding, per input."""
+    resized = torch.randint(size, out + 1, (n,), generator=generator)
+    offset = (torch.rand(n, generator=generator) * (out - resized + 1)).long()
+    pixel = torch.arange(out)[None, :] - offset[:, None]
+    coords = (pixel.to(dtype) + 0.5) / resized[:, None].to(dtype) * 2 - 1
+    return _Placement(coords, (pixel >= 0) & (pixel < resized[:, None]))
