@@ -6,6 +6,7 @@ so any engine (this loop, a Flower ClientApp) produces bit-identical client upda
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from serbench.fl.clients import Client
 from serbench.models.mlp import SERMLP
@@ -54,15 +56,18 @@ def init_params(d_in: int, cfg: FLConfig, seed: int) -> Params:
 
 
 def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-                 seed: int, defense: Defense | None = None) -> Params:
-    """The update a client shares: its gradient (FedSGD, on all local training data) or
-    ``global - local`` parameters after local Adam epochs (FedAvg), then the defense's
-    ``privatize_update``."""
+                 seed: int, defense: Defense | None = None, *, rnd: int = 0) -> Params:
+    """The update a client shares in round ``rnd``: its gradient (FedSGD, on all local training
+    data) or ``global - local`` parameters after local Adam epochs (FedAvg), then the defense's
+    ``privatize_update``. A defense that ``trains`` wraps the local training
+    (:func:`_defended_update`)."""
     model = _template(x.shape[1], cfg.n_classes, cfg.dropout).train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        if cfg.algorithm == "fedsgd":
+        if defense is not None and defense.trains:
+            update = _defended_update(global_params, x, y, cfg, rnd, gen, defense)
+        elif cfg.algorithm == "fedsgd":
             params = {k: v.clone().requires_grad_(True) for k, v in global_params.items()}
             loss = F.cross_entropy(functional_call(model, params, (x,)), y)
             grads = torch.autograd.grad(loss, list(params.values()))
@@ -82,6 +87,38 @@ def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: F
         if defense is not None:
             update = defense.privatize_update(update, generator=gen)
     return update
+
+
+def _defended_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
+                     rnd: int, gen: torch.Generator, defense: Defense) -> Params:
+    """The local training of :func:`local_update` on a real module, through the defense's
+    ``make_private`` (model, optimizer, loader) and ``training_batch`` (every batch, at step
+    ``rnd``). FedSGD: one batch of all local data; the shared gradient is the one the wrapped
+    optimizer applies (for DP-SGD, the noisy mean of clipped per-example gradients), so its
+    optimizer is SGD with lr 0, which leaves the model as it is. FedAvg: Adam, as above."""
+    net = copy.deepcopy(_template(x.shape[1], cfg.n_classes, cfg.dropout))
+    net.load_state_dict({k: v.clone() for k, v in global_params.items()}, assign=True)
+    if cfg.algorithm == "fedsgd":
+        batch_size, epochs = len(y), 1
+        opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    elif cfg.algorithm == "fedavg":
+        batch_size, epochs = cfg.batch_size, cfg.local_epochs
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.local_lr, foreach=True)
+    else:
+        raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=gen)
+    model, opt, loader = defense.make_private(net, opt, loader, epochs=epochs, generator=gen)
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            xb, yb = defense.training_batch(model, xb, yb, step=rnd, generator=gen)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    if cfg.algorithm == "fedsgd":
+        return {k: p.grad.detach() for k, p in net.named_parameters()}
+    return {k: global_params[k] - p.detach() for k, p in net.named_parameters()}
 
 
 def aggregate(global_params: Params, updates: Sequence[Params], weights: Sequence[float],
@@ -147,7 +184,7 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
     data = [(xt[c.train], yt[c.train]) for c in clients]
 
     def updates(params: Params, rnd: int, ks: Sequence[int]) -> list[Params]:
-        return [local_update(params, *data[k], cfg, client_seed(seed, rnd, k), defense)
+        return [local_update(params, *data[k], cfg, client_seed(seed, rnd, k), defense, rnd=rnd)
                 for k in ks]
 
     params = init if init is not None else init_params(x.shape[1], cfg, seed)

@@ -7,9 +7,9 @@ One protocol serves the simulation engine (:mod:`serbench.fl.flower`) and the de
   server never sends features. A ``query`` handshake returns each node's fingerprints, and the
   server places every client on a node that holds all of its training rows.
 - Each round the server sends a client's node the global parameters, the positions of the
-  client's rows in that node's partition, their labels, the client's seed and the (pickled)
-  defense. The ClientApp runs :func:`serbench.fl.engine.local_update` on them: the function the
-  in-process engine runs, defense included, so updates are bit-identical.
+  client's rows in that node's partition, their labels, the client's seed, the round and the
+  (pickled) defense. The ClientApp runs :func:`serbench.fl.engine.local_update` on them: the
+  function the in-process engine runs, defense included, so updates are bit-identical.
 - The server's loop is :func:`serbench.fl.engine.federate`, with a Flower round trip as the way
   clients are run: the honest-but-curious server records every update there, exactly as
   in-process.
@@ -112,7 +112,7 @@ def train(message: Message, context: Context) -> Message:
     config = content["config"]
     update = local_update(dict(content["params"].to_torch_state_dict()), x, y,
                           FLConfig(**content["fl"]), int(config["seed"]),
-                          pickle.loads(config["defense"]))
+                          pickle.loads(config["defense"]), rnd=int(config["round"]))
     return Message(RecordDict({"update": ArrayRecord.from_torch_state_dict(update)}),
                    reply_to=message)
 
@@ -201,8 +201,8 @@ def _exchange(grid: Grid, messages: dict[str, Message], timeout: float, what: st
     return {label: replies[label] for label in labels}
 
 
-def _config(job: FlowerJob, seed: int = 0) -> ConfigRecord:
-    return ConfigRecord({"seed": seed, "defense": job.defense, "data": job.data})
+def _config(job: FlowerJob, seed: int = 0, rnd: int = 0) -> ConfigRecord:
+    return ConfigRecord({"seed": seed, "round": rnd, "defense": job.defense, "data": job.data})
 
 
 def _place(grid: Grid, job: FlowerJob) -> list[tuple[int, np.ndarray]]:
@@ -257,7 +257,7 @@ def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = N
             node, positions = placement[k]
             rows = ArrayRecord({"positions": Array(positions), "labels": Array(job.labels[k])})
             content = RecordDict({"params": arrays, "rows": rows, "fl": fl,
-                                  "config": _config(job, client_seed(job.seed, rnd, k))})
+                                  "config": _config(job, client_seed(job.seed, rnd, k), rnd)})
             messages[f"client {job.clients[k].cid}"] = Message(content, node, MessageType.TRAIN,
                                                                group_id=str(rnd))
         replies = _exchange(grid, messages, job.timeout, f"round {rnd + 1}")
