@@ -7,6 +7,7 @@ with the client sampling rate as the sample rate; given ``epsilon``, Opacus find
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -55,9 +56,13 @@ class UserLevelDP(Defense):
 
     def calibrate(self, *, rounds: int, sample_rate: float) -> None:
         if self.epsilon is not None:
-            self._z = get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
-                                           sample_rate=sample_rate, steps=rounds,
-                                           accountant="rdp")
+            # The search evaluates ε at tiny noise levels on its way, where Opacus warns that
+            # its orders are too small; the ε it settles on is computed without that problem.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+                self._z = get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
+                                               sample_rate=sample_rate, steps=rounds,
+                                               accountant="rdp")
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:

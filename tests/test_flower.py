@@ -160,7 +160,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture
 def deployment(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
     monkeypatch.setenv("SERBENCH_SUPERLINK", cluster.address)
-    monkeypatch.setenv("SERBENCH_FLOWER_TIMEOUT", "20")
+    # Generous: a client's reply took over 20 s in CI on the loaded 2-core machine.
+    monkeypatch.setenv("SERBENCH_FLOWER_TIMEOUT", "60")
     return cluster
 
 
@@ -177,11 +178,13 @@ def test_two_rounds_through_a_superlink_and_two_supernodes(deployment: Cluster) 
     assert_same_run(in_process(x, y, clients, cfg, 1, record=["last.weight"]), run)
 
 
-def test_a_supernode_that_dies_mid_round_fails_the_run_in_bounded_time(deployment: Cluster
-                                                                       ) -> None:
+def test_a_supernode_that_dies_mid_round_fails_the_run_in_bounded_time(
+        deployment: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """A third SuperNode holds the only copy of one client's rows and is killed (SIGKILL, no
     goodbye) while round 2 runs: one-line error within the configured timeout, no hang."""
     from serbench.fl.flower_deploy import GRACE, run_federated
+
+    monkeypatch.setenv("SERBENCH_FLOWER_TIMEOUT", "30")  # the wait for the dead node
 
     x, y, clients = tiny(7)  # client 6's rows are on no node yet
     deployment.tmp.joinpath("node-2.npz").unlink(missing_ok=True)
@@ -200,4 +203,4 @@ def test_a_supernode_that_dies_mid_round_fails_the_run_in_bounded_time(deploymen
         run_federated(x, y, [clients[0], clients[6]], cfg, 2, on_round=kill_during_next_round)
     killed[0].join()
     assert "\n" not in str(failure.value) and "round 2" in str(failure.value)
-    assert time.monotonic() - start < 20 + GRACE
+    assert time.monotonic() - start < 30 + GRACE
