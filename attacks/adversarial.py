@@ -61,7 +61,8 @@ class Schedule(NamedTuple):
 class InputAttack(Attack, ABC):
     """Shared protocol of the L∞ input attacks. Parameters: ``eps`` (in T's input units,
     z-scored log-mel), T (``target`` family, ``size``, ``frames``, ``target_epochs``, ``lr``)
-    and ``batch_size`` (utterances attacked at once)."""
+    and ``batch_size`` (utterances attacked at once). T is trained by the intercept attack's
+    ``_FoldRun.train_target``, which reads ``padded``, ``size``, ``target_epochs`` and ``lr``."""
 
     surface: ClassVar[Surface] = Surface.INPUT
     default_features: ClassVar[str] = "logmel"

@@ -46,7 +46,8 @@ def linf_perturb(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
         delta = (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype) - 1) * eps
     for _ in range(steps):
         delta.requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(x + delta), delta)
+        with torch.enable_grad():  # callers may evaluate under no_grad
+            (grad,) = torch.autograd.grad(loss(x + delta), delta)
         delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
     return (x + delta).detach()
 
