@@ -8,10 +8,13 @@ Layout::
     metrics.csv         per-fold metrics, all modes
     predictions.csv     pooled predictions (for bootstrap CIs)
     summary.json        mean ± std over folds, pooled UAR with 95% CI, chance levels
+    SHA256SUMS          the result files' SHA-256 (``sha256sum -c`` format); its own SHA-256
+                        is the run's content hash
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -57,6 +60,27 @@ def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
+
+
+#: Lists the result files' hashes; written last, so a run with it is complete.
+CHECKSUMS = "SHA256SUMS"
+
+
+def checksums(path: Path) -> str:
+    """``sha256sum`` lines for the files a run's numbers live in, in a canonical order (sorted
+    relative paths). environment.json, with its clock times, and the analyses' plots are left
+    out, so the same configuration and seed give the same hash."""
+    files = [path / n for n in ("config.json", "metrics.csv", "predictions.csv", "summary.json")]
+    files += sorted((path / "folds").glob("*/fold-*"))
+    names = sorted(f.relative_to(path).as_posix() for f in files)
+    return "".join(f"{hashlib.sha256((path / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+
+
+def write_content_hash(path: Path) -> str:
+    """Write the run's CHECKSUMS file and return its SHA-256: the run's content hash."""
+    text = checksums(path)
+    atomic_write_text(path / CHECKSUMS, text)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def environment() -> dict[str, Any]:

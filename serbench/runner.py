@@ -142,6 +142,8 @@ def _mode_result(mode: str, folds: dict[int, FoldResult], seed: int) -> ModeResu
 
 
 def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
+    from serbench.results import write_content_hash
+
     path, results = result.path, result.modes
     metrics = pd.DataFrame([{"mode": m.mode, "fold": f, **r.metrics}
                             for m in results for f, r in m.folds.items()])
@@ -155,3 +157,4 @@ def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
                            "extras": m.extras} for m in results}})
     env["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(path / "environment.json", env)
+    write_content_hash(path)
