@@ -14,10 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from serbench.errors import SerbenchError
+from serbench.leaderboard.cli import app as leaderboard_app
 
 app = typer.Typer(help="serbench: how much a speech emotion recognition system leaks about its "
                        "speakers, and how well defenses stop it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(leaderboard_app, name="leaderboard")
 console = Console()
 err_console = Console(stderr=True)
 

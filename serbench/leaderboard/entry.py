@@ -1,0 +1,240 @@
+"""Leaderboard entries: JSON data, validated against ``entry.schema.json`` and against their own
+predictions, and never executed or unpickled (SPEC §7).
+
+An entry embeds, per attack, mode, seed, fold and measure, the labels and predictions behind its
+numbers (as digit strings), so every statistic it states can be recomputed from the file alone:
+``show`` marks an entry whose stored numbers differ from its predictions, and ``verify``
+re-runs its configuration to check the predictions themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pandas as pd
+
+from serbench.errors import SerbenchError
+from serbench.leaderboard.tracks import TRACKS, UTILITY, Track
+from serbench.metrics import pooled_summary, summarize, uar
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("entry.schema.json")
+#: Larger files are refused before parsing (the biggest corpus's entry is a few MB).
+MAX_BYTES = 64 * 2**20
+#: Stored statistics must equal those recomputed from the entry's predictions up to rounding.
+EXACT = 1e-9
+MODES = ("non-adaptive", "adaptive")
+
+
+@dataclass
+class Entry:
+    """A schema-valid entry file; ``problem`` says why its numbers are not to be trusted."""
+
+    path: Path
+    data: dict[str, Any]
+    problem: str | None
+
+    @property
+    def track(self) -> Track:
+        return TRACKS[self.data["surface"]]
+
+    @property
+    def track_id(self) -> str:
+        return f"{self.data['corpus']}/{self.data['surface']}"
+
+
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _name_error(name: Any, where: str) -> SerbenchError:
+    return SerbenchError(f"{where}: entry name {name!r} may hold only letters, digits, '_', "
+                         f"'.' and '-' (no path characters), at most 64, not starting with "
+                         f"'.' or '-'")
+
+
+def validate_name(name: str) -> None:
+    """Check ``--name`` before any work: it becomes a file name."""
+    if not re.fullmatch(schema()["$defs"]["name"]["pattern"].strip("^$"), name):
+        raise _name_error(name, "--name")
+
+
+def validate(data: Any, where: str) -> None:
+    """Raise a one-line :class:`SerbenchError` unless ``data`` follows the entry schema."""
+    validator = jsonschema.Draft202012Validator(schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    if list(error.path) == ["name"]:
+        raise _name_error(error.instance, where)
+    message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    raise SerbenchError(f"{where}: {error.json_path}: {message}")
+
+
+def entry_path(directory: Path, data: dict[str, Any]) -> Path:
+    """Where an entry lives: ``<dir>/<corpus>/<surface>/<name>.json``."""
+    return directory / data["corpus"] / data["surface"] / f"{data['name']}.json"
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_entry(path: Path, directory: Path | None = None) -> Entry:
+    """Parse (as plain JSON only), validate and check an entry file."""
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise SerbenchError(f"{path}: larger than {MAX_BYTES // 2**20} MB")
+        data = json.loads(path.read_text(), parse_constant=_reject_constant)
+    except OSError as exc:
+        raise SerbenchError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SerbenchError(f"{path}: not valid JSON ({exc})") from None
+    validate(data, str(path))
+    if directory is not None and entry_path(directory, data).resolve() != path.resolve():
+        raise SerbenchError(f"{path}: entry {data['corpus']}/{data['surface']}/{data['name']} "
+                            f"must be stored as {entry_path(directory, data)}")
+    return Entry(path, data, consistency_problem(data))
+
+
+def load_entries(directory: Path) -> tuple[list[Entry], list[str]]:
+    """Every entry under ``directory``, and a one-line reason for each file rejected."""
+    entries, rejected = [], []
+    for path in sorted(directory.glob("*/*/*.json")):
+        try:
+            entries.append(read_entry(path, directory))
+        except SerbenchError as exc:
+            rejected.append(str(exc))
+    return entries, rejected
+
+
+# Predictions: compact, exact, and enough to recompute every statistic.
+
+def measure_name(task: str, group: str) -> str:
+    return f"{task}@{group}" if group else task
+
+
+def encode_predictions(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows ``seed, fold, task, group, y_true, y_pred`` (in pooling order) as one record per
+    seed, fold and measure, labels as digit strings."""
+    records = []
+    for (seed, fold, task, group), rows in frame.groupby(
+            ["seed", "fold", "task", "group"], sort=False):
+        labels = [rows["y_true"].to_numpy(), rows["y_pred"].to_numpy()]
+        if any(a.min() < 0 or a.max() > 9 for a in labels):
+            raise SerbenchError(f"{measure_name(task, group)}: labels outside 0-9 cannot be "
+                                f"stored in an entry")
+        records.append({"seed": int(seed), "fold": int(fold), "measure": measure_name(task, group),
+                        **{k: "".join(map(str, a)) for k, a in zip(("y_true", "y_pred"), labels)}})
+    return records
+
+
+def decode_predictions(records: list[dict[str, Any]]) -> pd.DataFrame:
+    parts = []
+    for r in records:
+        task, _, group = r["measure"].partition("@")
+        parts.append(pd.DataFrame({
+            "seed": r["seed"], "fold": r["fold"], "task": task, "group": group,
+            "y_true": np.frombuffer(r["y_true"].encode(), np.uint8).astype(np.int64) - 48,
+            "y_pred": np.frombuffer(r["y_pred"].encode(), np.uint8).astype(np.int64) - 48}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def measure_stats(records: list[dict[str, Any]], bootstrap_seed: int) -> dict[str, Any]:
+    """Per measure: pooled UAR with its 95% bootstrap CI (as the run's summary computes them),
+    accuracy, chance levels, and the UAR of every (seed, fold) with their mean ± std."""
+    frame = decode_predictions(records)
+    folds = {}
+    for (seed, fold), rows in frame.groupby(["seed", "fold"], sort=False):
+        folds[(int(seed), int(fold))] = {
+            measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
+            for (t, g), r in rows.groupby(["task", "group"], sort=False)}
+    spread = summarize(list(folds.values()))
+    out = {}
+    for row in pooled_summary(frame, bootstrap_seed).itertuples():
+        name = measure_name(row.task, row.group)
+        out[name] = {
+            "uar": row.uar, "ci": [row.ci_low, row.ci_high], **spread[name],
+            "acc": row.acc, "majority": row.majority, "chance": row.chance_uar, "n": int(row.n),
+            "folds": [{"seed": s, "fold": f, "uar": v[name]} for (s, f), v in folds.items()
+                      if name in v]}
+    return out
+
+
+def compute_results(data: dict[str, Any]) -> dict[str, Any]:
+    """``results`` and ``headline`` of an entry, from its predictions and extras only."""
+    seed = min(data["protocol"]["seeds"])
+    results = {attack: {mode: measure_stats(records, seed) for mode, records in modes.items()}
+               for attack, modes in data["predictions"].items()}
+    return {"results": results, "headline": headline(results, data["extras"],
+                                                     TRACKS[data["surface"]])}
+
+
+def cells(results: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(attack, mode, measure, stats) over an entry's results, in a fixed order."""
+    for attack, modes in results.items():
+        for mode, measures in modes.items():
+            for measure, stats in measures.items():
+                yield attack, mode, measure, stats
+
+
+def _cell(attack: str, mode: str, measure: str, stats: dict[str, Any]) -> dict[str, Any]:
+    return {"attack": attack, "mode": mode, "measure": measure,
+            **{k: stats[k] for k in ("uar", "ci", "mean", "std")}}
+
+
+def headline(results: dict[str, Any], extras: dict[str, Any], track: Track) -> dict[str, Any]:
+    """SPEC §7's headline: utility (the lowest emotion UAR among the suite's targets: no
+    credit for the best FL algorithm), the worst case of the track's measure over its attacks,
+    modes and measures (pooled UAR), and ε where the defense states one (its largest)."""
+    utility = worst = None
+    for attack, mode, measure, stats in cells(results):
+        if measure == UTILITY and (utility is None or stats["uar"] < utility["uar"]):
+            utility = _cell(attack, mode, measure, stats)
+        if track.scored(measure) and (worst is None or track.worse(stats["uar"], worst["uar"])):
+            worst = _cell(attack, mode, measure, stats)
+    if utility is None or worst is None:
+        raise SerbenchError(f"the runs report no {UTILITY if utility is None else track.prefix}"
+                            f"* measure, which the {track.surface} track is scored by")
+    epsilons = [v["epsilon"] for modes in extras.values() for v in modes.values()
+                if "epsilon" in v]
+    return {"utility": utility, "worst": worst, "epsilon": max(epsilons) if epsilons else None}
+
+
+def differences(a: Any, b: Any, tolerance: float, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(path, a, b) wherever two JSON values differ: numbers by more than ``tolerance``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in dict.fromkeys([*a, *b]):
+            yield from differences(a.get(key), b.get(key), tolerance, f"{path}/{key}".lstrip("/"))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from differences(x, y, tolerance, f"{path}[{i}]")
+    elif _number(a) and _number(b):
+        if not abs(a - b) <= tolerance:
+            yield path, a, b
+    elif a != b:
+        yield path, a, b
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def consistency_problem(data: dict[str, Any]) -> str | None:
+    """Why the entry's stored numbers differ from those its own predictions give, if they do."""
+    stored = {"results": data["results"], "headline": data["headline"]}
+    try:
+        recomputed = compute_results(data)
+    except SerbenchError as exc:
+        return str(exc)
+    for path, a, b in differences(stored, recomputed, EXACT):
+        return f"stored {path} = {a} but its predictions give {b} (edited by hand?)"
+    return None

@@ -1,0 +1,65 @@
+"""Tracks: a corpus and a threat surface, with the surface's whole attack suite and the measure
+whose worst case over that suite heads the board."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serbench.errors import SerbenchError, unknown_name
+
+#: The clean emotion UAR of the target (SPEC §6 utility), in every attack's predictions.
+UTILITY = "emotion"
+
+
+@dataclass(frozen=True)
+class Track:
+    """One threat surface's attack suite and worst-case rule (a track adds the corpus)."""
+
+    surface: str
+    attacks: tuple[str, ...]
+    #: Measures (``task@group``) that score the defense: their worst case is the headline.
+    prefix: str
+    #: True: the worst case is the largest value (leakage); False: the smallest (robust UAR).
+    higher_is_worse: bool
+    #: Column heading of the worst case.
+    label: str
+    #: Attack parameters that change what a run writes or how fast, never its numbers.
+    neutral: frozenset[str] = frozenset()
+
+    def scored(self, measure: str) -> bool:
+        return measure.startswith(self.prefix)
+
+    def worse(self, a: float, b: float) -> bool:
+        """Whether ``a`` is a worse outcome for the defense than ``b``."""
+        return a > b if self.higher_is_worse else a < b
+
+
+TRACKS = {
+    "update": Track("update", ("fedsgd", "fedavg"), "gender@", True, "worst-case leakage"),
+    "representation": Track("representation", ("intercept",), "gender@", True,
+                            "worst-case leakage",
+                            frozenset({"workers", "analyses", "analysis_scenarios"})),
+    # A randomised defense scored by an attack that ignores its randomness is "unscored/...".
+    "input": Track("input", ("fgsm", "pgd", "eot-pgd"), "emotion@robust/", False,
+                   "worst-case robust UAR"),
+}
+
+
+def track_of(attacks: set[str]) -> Track:
+    """The track whose suite contains these attacks."""
+    for track in TRACKS.values():
+        if attacks <= set(track.attacks):
+            return track
+    raise SerbenchError(f"attacks {', '.join(sorted(attacks))} are not one track's suite; "
+                        + "; ".join(f"{t.surface}: {', '.join(t.attacks)}"
+                                    for t in TRACKS.values()))
+
+
+def parse_track(text: str) -> tuple[str, str]:
+    """``corpus/surface`` (as ``--track`` takes it) as a pair."""
+    corpus, sep, surface = text.partition("/")
+    if not sep or not corpus:
+        raise SerbenchError(f"--track {text!r}: expected CORPUS/SURFACE, e.g. synth/update")
+    if surface not in TRACKS:
+        raise unknown_name("surface", surface, TRACKS)
+    return corpus, surface
