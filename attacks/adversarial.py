@@ -82,9 +82,10 @@ class InputAttack(Attack, ABC):
     def __post_init__(self) -> None:
         #: T's padded inputs per corpus, for :meth:`padded` (the intercept attack's cache).
         self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
-        #: T per (corpus, fold, seed, features, defense): the same in both attack modes, so
-        #: the adaptive mode reuses the non-adaptive mode's (the corpus is kept for its id).
-        self._targets: dict[tuple, tuple[CorpusData, Target]] = {}
+        #: T and its training's privacy guarantees (DP-SGD's ε) per (corpus, fold, seed,
+        #: features, defense): the same in both attack modes, so the adaptive mode reuses the
+        #: non-adaptive mode's (the corpus is kept for its id).
+        self._targets: dict[tuple, tuple[CorpusData, Target, dict[str, float]]] = {}
         super().__post_init__()
 
     #: T's fixed-length inputs, computed once per run, exactly as the intercept attack does.
@@ -123,15 +124,16 @@ class InputAttack(Attack, ABC):
                              f"robust UAR is reported as unscored/{self.name}; run --attack "
                              f"eot-pgd for its score (SPEC §3.3)")
 
-    def deployed(self, run: _FoldRun) -> Target:
-        """T of ``run``'s fold, trained through the deployed defense, once per attack object."""
+    def deployed(self, run: _FoldRun) -> tuple[Target, dict[str, float]]:
+        """T of ``run``'s fold, trained through the deployed defense once per attack object,
+        and the defense's ``training_privacy`` of that training."""
         ctx = run.ctx
         key = (id(ctx.target), run.fold, ctx.seed, ctx.features, type(ctx.defense),
                repr(ctx.defense.params()))
         if key not in self._targets:
-            self._targets[key] = (ctx.target,
-                                  run.train_target(self.target, ctx.features, ctx.defense))
-        return self._targets[key][1]
+            target = run.train_target(self.target, ctx.features, ctx.defense)
+            self._targets[key] = (ctx.target, target, ctx.defense.training_privacy())
+        return self._targets[key][1:]
 
     def perturb(self, shadow: Defense, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
@@ -159,7 +161,7 @@ class InputAttack(Attack, ABC):
         deployed defense with the same draws of its randomness."""
         with single_thread():  # small models: one thread is faster on a busy machine (intercept)
             run = _FoldRun(self, ctx, fold)
-            target = self.deployed(run)
+            target, privacy = self.deployed(run)
             _, rows, _ = run.sides["test"]
             x, mask = self.padded(ctx.target, target.features)
             inputs = target.inputs(x[rows], mask[rows])
@@ -179,7 +181,8 @@ class InputAttack(Attack, ABC):
                            for g, p in (("", clean), (group, robust))], ignore_index=True)
         metrics = (classification_metrics("emotion", y, clean)
                    | classification_metrics(f"emotion@{group}", y, robust))
-        return FoldResult(metrics, preds, {"linf": float((attacked - inputs).abs().max())})
+        return FoldResult(metrics, preds,
+                          privacy | {"linf": float((attacked - inputs).abs().max())})
 
 
 @dataclass
