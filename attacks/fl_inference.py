@@ -8,8 +8,8 @@ classifies each private client's update, alone or averaged over n of that client
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -105,6 +105,14 @@ def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
     return [torch.stack(s) for s in stacks], np.asarray(genders), owners
 
 
+class _Fitted(NamedTuple):
+    """What :meth:`FLInferenceAttack.fit` learns in one attack mode."""
+
+    stats: list[tuple[torch.Tensor, torch.Tensor]]  #: shadow mean and std of weight and bias
+    model: nn.Module
+    selection: dict[str, float]  #: held-out shadow UAR of each candidate model
+
+
 @dataclass
 class FLInferenceAttack(Attack):
     """Shared by ``fedsgd`` and ``fedavg``; only the FL algorithm differs."""
@@ -124,6 +132,9 @@ class FLInferenceAttack(Attack):
     shadow_probe_every: int = 8
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
+    _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
+    #: The current fold's target FL run (key, run, sampling rate): the same in both modes.
+    _target: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
         if self.layer not in SERMLP.layer_names:
@@ -186,7 +197,7 @@ class FLInferenceAttack(Attack):
         run, _ = self._federate(shadow, np.arange(len(shadow.table)), ctx, ctx.seed + 7919,
                                 ctx.shadow_defense, f"shadow {self.algorithm} ({ctx.mode})", probe)
         weight, bias = (run.log.layers[n] for n in self.recorded)
-        self.stats = [(t.mean(0), t.std(0) + 1e-8) for t in (weight, bias)]
+        stats = [(t.mean(0), t.std(0) + 1e-8) for t in (weight, bias)]
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
         speaker_of = dict(zip(run.log.clients, run.log.speakers))
@@ -209,7 +220,7 @@ class FLInferenceAttack(Attack):
         val = torch.as_tensor(np.isin(speakers, list(held)))
         if not val.any():
             raise SerbenchError("shadow data needs at least two speakers of each gender")
-        inputs = self._normalise([weight, bias])
+        inputs = _normalise([weight, bias], stats)
         train = ([t[~val] for t in inputs], labels[~val])
         held_out = ([t[val] for t in inputs], labels[val])
         candidates = {}
@@ -222,24 +233,33 @@ class FLInferenceAttack(Attack):
                     model, *train, val=held_out, epochs=self.epochs, lr=1e-3, weight_decay=1e-4,
                     patience=3, seed=ctx.seed, advance=adv)
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
-        self.selection = {name: uar(held_out[1].numpy(),
-                                    predict_proba(m, held_out[0]).argmax(1).numpy())
-                          for name, m in candidates.items()}
-        self.chosen = max(self.selection, key=self.selection.get)
-        self.model_ = candidates[self.chosen]
-        if self.chosen == "linear":  # cheap to refit: use every shadow speaker
-            self.model_ = LinearUpdateModel().fit(inputs, labels)
-        ctx.reporter.log(f"attack model: {self.chosen} (held-out shadow UAR "
-                         + ", ".join(f"{k} {v:.3f}" for k, v in self.selection.items()) + ")")
+        selection = {name: uar(held_out[1].numpy(),
+                               predict_proba(m, held_out[0]).argmax(1).numpy())
+                     for name, m in candidates.items()}
+        chosen = max(selection, key=selection.get)
+        model = candidates[chosen]
+        if chosen == "linear":  # cheap to refit: use every shadow speaker
+            model = LinearUpdateModel().fit(inputs, labels)
+        self._fitted[ctx.mode] = _Fitted(stats, model, selection)
+        ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
 
-    def _normalise(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [(t - m) / s for t, (m, s) in zip(tensors, self.stats)]
+    def _target_run(self, ctx: EvalContext, fold: int, train: np.ndarray):
+        """The target's FL run on ``fold``'s training speakers with the deployed defense,
+        computed once for both attack modes."""
+        key = (id(ctx.target), fold, id(ctx.defense), ctx.engine, ctx.seed)
+        if self._target is None or self._target[0] != key:
+            self._target = None  # free the previous fold's updates first
+            self._target = (key, *self._federate(ctx.target, train, ctx, ctx.seed + fold,
+                                                 ctx.defense, f"fold {fold}: target "
+                                                 f"{self.algorithm}"))
+        return self._target[1:]
 
     def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
         table = ctx.target.table
         train, test = np.flatnonzero(table["fold"] != fold), np.flatnonzero(table["fold"] == fold)
-        run, sample_rate = self._federate(ctx.target, train, ctx, ctx.seed + fold, ctx.defense,
-                                          f"fold {fold}: target {self.algorithm}")
+        run, sample_rate = self._target_run(ctx, fold, train)
+        fitted = self._fitted[ctx.mode]
         x_test = ctx.target.features(ctx.features)[test]
         y_test = emotion_labels(table["emotion"].iloc[test], emotion_classes(table["emotion"]))
         y_pred = predict(run.params, torch.as_tensor(x_test, dtype=torch.float32),
@@ -248,14 +268,19 @@ class FLInferenceAttack(Attack):
         rows = [pd.DataFrame({"task": "emotion", "group": "", "y_true": y_test, "y_pred": y_pred})]
         for n in self.averaging_sizes():
             inputs, genders, owners = average_updates(run.log, self.recorded, n)
-            pred = predict_proba(self.model_, self._normalise(inputs)).argmax(1).numpy()
+            pred = predict_proba(fitted.model, _normalise(inputs, fitted.stats)).argmax(1).numpy()
             group = f"n={n or 'all'}"
             metrics |= classification_metrics(f"gender@{group}", genders, pred)
             rows.append(pd.DataFrame({"task": "gender", "group": group, "y_true": genders,
                                       "y_pred": pred, "client": owners}))
         extras = ctx.defense.privacy(rounds=self.rounds, sample_rate=sample_rate) | {
-            f"shadow held-out UAR ({name})": score for name, score in self.selection.items()}
+            f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
         return FoldResult(metrics, pd.concat(rows, ignore_index=True), extras)
+
+
+def _normalise(tensors: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]
+               ) -> list[torch.Tensor]:
+    return [(t - m) / s for t, (m, s) in zip(tensors, stats)]
 
 
 @dataclass

@@ -131,7 +131,12 @@ class Defense(Plugin):
 class Attack(Plugin, ABC):
     """An attack owns its protocol: :meth:`fit` does the fold-independent work (the attacker's
     shadow training), :meth:`evaluate_fold` attacks the target trained without one fold's
-    speakers and returns that fold's metrics and predictions."""
+    speakers and returns that fold's metrics and predictions.
+
+    One instance serves both attack modes (SPEC §5): the runner calls :meth:`fit` once per
+    mode, then :meth:`evaluate_fold` fold by fold, each fold in every mode in turn. What
+    ``fit`` learns is therefore kept per ``ctx.mode``, and work both modes share (the target
+    trained on a fold) can be kept until the next fold."""
 
     kind: ClassVar[str] = "attack"
     surface: ClassVar[Surface]

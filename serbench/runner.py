@@ -57,15 +57,18 @@ class RunResult:
     modes: list[ModeResult]
 
     def headline(self) -> dict[str, float]:
-        """SPEC §5: utility, and per leakage measure the stronger attack mode's pooled UAR."""
+        """SPEC §5: utility, and per leakage (or robust utility) measure the stronger attack
+        mode's pooled UAR."""
         out: dict[str, float] = {}
         for mode in self.modes:
             for row in mode.pooled.itertuples():
                 key = f"{row.task}@{row.group}.uar" if row.group else f"{row.task}.uar"
-                if row.task == "emotion":
-                    out[key] = row.uar  # the target's training does not depend on the mode
-                else:
+                if row.task != "emotion":  # leakage: the stronger attacker's
                     out[key] = max(out.get(key, 0.0), row.uar)
+                elif row.group:  # robust utility under attack: the stronger attacker's
+                    out[key] = min(out.get(key, 1.0), row.uar)
+                else:
+                    out[key] = row.uar  # the target's training does not depend on the mode
             for name, value in mode.extras.items():
                 out.setdefault(name, value)
         return out
@@ -114,20 +117,23 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
     env = environment()
     # A defense that acts on no surface gives identical modes: run it once.
     modes = ["non-adaptive", "adaptive"] if defense.surfaces else ["non-adaptive"]
-    results = []
-    for mode in modes:
-        ctx = EvalContext(target, shadow, defense,
-                          defense if mode == "adaptive" else load_plugin("defense", "none")(),
-                          features, cfg.seed, mode, reporter, cfg.engine, run_dir.path)
-        done = {f: run_dir.load_fold(mode, f) for f in folds}
-        if any(r is None for r in done.values()):
+    none = load_plugin("defense", "none")()
+    contexts = {mode: EvalContext(target, shadow, defense,
+                                  defense if mode == "adaptive" else none, features, cfg.seed,
+                                  mode, reporter, cfg.engine, run_dir.path) for mode in modes}
+    done = {mode: {f: run_dir.load_fold(mode, f) for f in folds} for mode in modes}
+    for mode, ctx in contexts.items():
+        if any(r is None for r in done[mode].values()):
             attack.fit(ctx)
-        for fold in folds:
-            if done[fold] is None:
-                done[fold] = attack.evaluate_fold(ctx, fold)
-                run_dir.save_fold(mode, fold, done[fold])
+    # Fold by fold, both modes: what the modes share (the target trained on the fold with the
+    # deployed defense) is computed once and need not outlive the fold.
+    for fold in folds:
+        for mode, ctx in contexts.items():
+            if done[mode][fold] is None:
+                done[mode][fold] = attack.evaluate_fold(ctx, fold)
+                run_dir.save_fold(mode, fold, done[mode][fold])
             reporter.log(f"{mode} fold {fold} done")
-        results.append(_mode_result(mode, done, cfg.seed))
+    results = [_mode_result(mode, done[mode], cfg.seed) for mode in modes]
     result = RunResult(run_dir.path, resolved, results)
     _write_outputs(result, env)
     return result

@@ -37,8 +37,8 @@ def tone(path: Path) -> str:
 
 
 @pytest.mark.parametrize("option, value, fragment", [
-    ("--attack", "nope", "valid: fedavg, fedsgd"),
-    ("--defense", "nope", "valid: noise, none, udp"),
+    ("--attack", "nope", "valid: eot-pgd, fedavg, fedsgd, fgsm, intercept, pgd"),
+    ("--defense", "nope", "valid: adv, dpsgd, noise, none, udp"),
     ("--dataset", "nope", "valid: crema-d, iemocap, manifest, msp-improv, ravdess, synth"),
     ("--features", "nope", "valid: egemaps, emobase"),
 ])
