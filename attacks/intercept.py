@@ -198,6 +198,7 @@ class InterceptAttack(Attack):
         #: Per (corpus object, feature set): the corpus (kept, so its id stays its own) and its
         #: padded inputs, built once and shared by every fold.
         self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
+        self._deployed: tuple[tuple, Target] | None = None
         super().__post_init__()
 
     def validate(self) -> None:
@@ -260,7 +261,7 @@ class InterceptAttack(Attack):
         # trained them ten times slower, measured); more cores serve through worker processes.
         with single_thread():
             run = _FoldRun(self, ctx, fold)
-            target = run.train_target(self.target, ctx.features)
+            target = self.deployed(run)
             main = run.leakage(target, self.k, self.jobs(self.scenarios))
             preds = run.frame(main)
             metrics = classification_metrics("emotion", *run.emotion(main))
@@ -268,7 +269,18 @@ class InterceptAttack(Attack):
                 metrics |= classification_metrics(f"gender@{group}", rows["y_true"], rows["y_pred"])
             if self.analyses:
                 self.write_analyses(ctx, fold, run, target, main, preds)
-        return FoldResult(metrics, preds)
+        return FoldResult(metrics, preds, ctx.defense.training_privacy())
+
+    def deployed(self, run: _FoldRun) -> Target:
+        """T as deployed on ``run``'s fold: trained through the defense (its training hooks, and
+        its noise on h_T at layer k: noise-aware training). The same in both attack modes, so
+        it is kept until the next fold."""
+        ctx = run.ctx
+        key = (id(ctx.target), run.fold, id(ctx.defense), ctx.seed, ctx.features)
+        if self._deployed is None or self._deployed[0] != key:
+            self._deployed = (key, run.train_target(self.target, ctx.features, ctx.defense,
+                                                    self.k))
+        return self._deployed[1]
 
     def write_analyses(self, ctx: EvalContext, fold: int, run: _FoldRun, target: Target,
                        main: _Leakage, preds: pd.DataFrame) -> None:
@@ -345,10 +357,11 @@ class _FoldRun:
             gender = gender * len(self.classes) + emotion_labels(table["emotion"], self.classes)
         return torch.tensor(gender, dtype=torch.long)
 
-    def train_target(self, family: str, features: str,
-                     defense: Defense | None = None) -> Target:
-        """T for emotion, from scratch, on the fold's training speakers (trained through
-        ``defense`` if it ``trains``)."""
+    def train_target(self, family: str, features: str, defense: Defense | None = None,
+                     layer: str | None = None) -> Target:
+        """T for emotion, from scratch, on the fold's training speakers, trained through
+        ``defense``: its training hooks if it ``trains``, and with its transformation of the
+        transmitted ``layer`` applied in training (noise-aware training, SPEC §4)."""
         data, rows, _ = self.sides["target"]
         x, mask = self.attack.padded(data, features)
         x, mask = x[rows], mask[rows]
@@ -361,8 +374,23 @@ class _FoldRun:
                     time_pool=TIME_POOL[self.attack.size])
         target = Target(net, features, shape, mean[:, None], var.sqrt()[:, None] + 1e-5)
         y = torch.tensor(emotion_labels(self.table("target")["emotion"], self.classes))
-        _Fit(net, target.inputs(x, mask), y, self.attack.target_epochs, self.attack.lr,
-             seed, defense=defense).train()
+        hook = None
+        if (defense is not None and layer is not None
+                and type(defense).transform_representation is not Defense.transform_representation):
+            generator = torch.Generator().manual_seed(seed)
+
+            def transmit(module: nn.Module, _: object, h: torch.Tensor) -> torch.Tensor | None:
+                if module.training:
+                    return defense.transform_representation(h, generator=generator)
+                return None
+
+            hook = net.layers[layer].register_forward_hook(transmit)
+        try:
+            _Fit(net, target.inputs(x, mask), y, self.attack.target_epochs, self.attack.lr,
+                 seed, defense=defense).train()
+        finally:
+            if hook is not None:
+                hook.remove()
         return target
 
     def transmitted(self, target: Target, layer: str, side: str) -> torch.Tensor:

@@ -34,7 +34,7 @@ class NoiseInjection(Defense):
         if self.sigma is not None:
             std = self.sigma
         else:
-            std = float(x.pow(2).mean().sqrt()) / 10 ** (self.snr_db / 20)
+            std = float(x.detach().pow(2).mean().sqrt()) / 10 ** (self.snr_db / 20)
         return x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
