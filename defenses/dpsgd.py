@@ -85,6 +85,24 @@ class GhostClipped(nn.Module):
         return _ClipPerExample.apply(self.gsm(x), self.gsm)
 
 
+def _dp_compatible(model: nn.Module, optimizer: Optimizer) -> tuple[nn.Module, Optimizer]:
+    """``model`` with Opacus' DP-compatible layers swapped in *in place* (BatchNorm ->
+    GroupNorm, which per-example privacy needs; LSTM -> DPLSTM), so a caller that keeps the
+    model object (the intercept attack's T) trains and deploys the swapped layers. The
+    optimizer is rebuilt with the same settings over the new parameters."""
+    for name, child in list(model.named_children()):
+        if ModuleValidator.validate(child, strict=False):
+            setattr(model, name, ModuleValidator.fix(child))
+    return model, type(optimizer)(model.parameters(), **optimizer.defaults)
+
+
+def _out_of_place(model: nn.Module) -> None:
+    """In-place activations (``ReLU(inplace=True)``) break Opacus' backward hooks."""
+    for module in model.modules():
+        if getattr(module, "inplace", False):
+            module.inplace = False
+
+
 def participations(rounds: int, sample_rate: float, beta: float) -> int:
     """The smallest P with Pr[Binomial(rounds, sample_rate) > P] <= beta: how many rounds one
     client takes part in, except with probability ``beta``."""
@@ -147,6 +165,9 @@ class DPSGD(Defense):
         """Opacus' wrappers (per-example gradients, clipping and noise, Poisson sampling), the
         noise drawn from ``generator``. In FL, one full batch per round (see the module
         docstring); otherwise the loader's batches, z found for ``epochs`` given ε."""
+        if ModuleValidator.validate(model, strict=False):
+            model, optimizer = _dp_compatible(model, optimizer)
+        _out_of_place(model)
         problems = ModuleValidator.validate(model, strict=False)
         if problems:
             raise SerbenchError(f"defense 'dpsgd': Opacus cannot train {type(model).__name__} "

@@ -64,7 +64,9 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
                 yield [t[batch] for t in inputs], labels[batch]
             return
         for x, y in loader:
-            if len(y):  # Poisson sampling may draw an empty batch
+            # Poisson sampling may draw an empty batch (probability about e^-batch_size):
+            # skipped, where DP-SGD would take a noise-only step.
+            if len(y):
                 x, y = defense.training_batch(model, x, y, step=epoch, generator=gen)
                 yield [x], y
 
@@ -72,7 +74,10 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
     for epoch in range(epochs):
         model.train()
         for xs, y in batches(epoch):
-            loss = F.cross_entropy(model(*xs), y, weight=class_weight)
+            if trains:  # each example's loss its own: DP-SGD clips per-example gradients
+                loss = (class_weight[y] * F.cross_entropy(model(*xs), y, reduction="none")).mean()
+            else:
+                loss = F.cross_entropy(model(*xs), y, weight=class_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
