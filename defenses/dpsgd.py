@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from serbench.defenses.udp import udp_epsilon
+from serbench.defenses.udp import check_dp_parameters, udp_epsilon
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
@@ -127,20 +127,10 @@ class DPSGD(Defense):
     _trained: tuple[float, RDPAccountant] | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
-        if (self.epsilon is None) == (self.noise_multiplier is None):
-            raise SerbenchError("defense 'dpsgd': give exactly one of epsilon or noise_multiplier "
-                                "(e.g. --param epsilon=10, or --param epsilon=none "
-                                "--param noise_multiplier=1.0)")
-        if self.epsilon is not None and self.epsilon <= 0:
-            raise SerbenchError(f"defense 'dpsgd': epsilon must be > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and self.noise_multiplier < 0:
-            raise SerbenchError(f"defense 'dpsgd': noise_multiplier must be >= 0, "
-                                f"got {self.noise_multiplier}")
+        check_dp_parameters(self.name, self.epsilon, self.noise_multiplier, self.delta)
         if self.max_grad_norm <= 0:
             raise SerbenchError(f"defense 'dpsgd': max_grad_norm must be > 0, "
                                 f"got {self.max_grad_norm}")
-        if not 0 < self.delta < 1:
-            raise SerbenchError(f"defense 'dpsgd': delta must be in (0, 1), got {self.delta}")
 
     def calibrate(self, *, rounds: int, sample_rate: float) -> None:
         """Switch to FL accounting for this recipe: half of δ bounds the chance of more than P

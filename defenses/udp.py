@@ -19,6 +19,22 @@ from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
 
+def check_dp_parameters(name: str, epsilon: float | None, noise_multiplier: float | None,
+                        delta: float) -> None:
+    """The (ε or z, δ) parameters every DP defense takes: one-line errors for bad values."""
+    if (epsilon is None) == (noise_multiplier is None):
+        raise SerbenchError(f"defense {name!r}: give exactly one of epsilon or noise_multiplier "
+                            "(e.g. --param epsilon=10, or --param epsilon=none "
+                            "--param noise_multiplier=1.0)")
+    if epsilon is not None and epsilon <= 0:
+        raise SerbenchError(f"defense {name!r}: epsilon must be > 0, got {epsilon}")
+    if noise_multiplier is not None and noise_multiplier < 0:
+        raise SerbenchError(f"defense {name!r}: noise_multiplier must be >= 0, "
+                            f"got {noise_multiplier}")
+    if not 0 < delta < 1:
+        raise SerbenchError(f"defense {name!r}: delta must be in (0, 1), got {delta}")
+
+
 def udp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
     """ε of ``rounds`` sampled Gaussian releases, by Opacus' RDP accountant."""
     accountant = RDPAccountant()
@@ -40,16 +56,7 @@ class UserLevelDP(Defense):
     _z: float = field(default=0.0, init=False, repr=False)
 
     def validate(self) -> None:
-        if (self.epsilon is None) == (self.noise_multiplier is None):
-            raise SerbenchError("defense 'udp': give exactly one of epsilon or noise_multiplier "
-                                "(e.g. --param epsilon=10, or --param epsilon=none "
-                                "--param noise_multiplier=1.0)")
-        if self.epsilon is not None and self.epsilon <= 0:
-            raise SerbenchError(f"defense 'udp': epsilon must be > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and self.noise_multiplier < 0:
-            raise SerbenchError(f"defense 'udp': noise_multiplier must be >= 0")
-        if not 0 < self.delta < 1:
-            raise SerbenchError(f"defense 'udp': delta must be in (0, 1), got {self.delta}")
+        check_dp_parameters(self.name, self.epsilon, self.noise_multiplier, self.delta)
         if self.clip <= 0:
             raise SerbenchError(f"defense 'udp': clip must be > 0, got {self.clip}")
         self._z = self.noise_multiplier or 0.0
