@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +154,12 @@ def measure_stats(records: list[dict[str, Any]], bootstrap_seed: int) -> dict[st
     accuracy, chance levels, and the UAR of every (seed, fold) with their mean ± std."""
     frame = decode_predictions(records)
     folds = {}
-    for (seed, fold), rows in frame.groupby(["seed", "fold"], sort=False):
-        folds[(int(seed), int(fold))] = {
-            measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
-            for (t, g), r in rows.groupby(["task", "group"], sort=False)}
+    with warnings.catch_warnings():  # a fold whose speakers are all of one gender: expected
+        warnings.simplefilter("ignore", UserWarning)
+        for (seed, fold), rows in frame.groupby(["seed", "fold"], sort=False):
+            folds[(int(seed), int(fold))] = {
+                measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
+                for (t, g), r in rows.groupby(["task", "group"], sort=False)}
     spread = summarize(list(folds.values()))
     out = {}
     for row in pooled_summary(frame, bootstrap_seed).itertuples():

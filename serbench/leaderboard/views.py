@@ -186,8 +186,9 @@ def plot(track_id: str, rows: list[Row], path: Path) -> None:
         ax.annotate(row.data["name"], (x, y), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
     front = sorted((r.worst["uar"], r.utility["uar"]) for r in rows if r.pareto)
-    if front:
-        ax.plot(*zip(*front), "-", color="C3", lw=1.5, label="Pareto front")
+    if front:  # a staircase: what is attainable between the front's points
+        ax.plot(*zip(*front), "-", color="C3", lw=1.5, label="Pareto front",
+                drawstyle="steps-post" if track.higher_is_worse else "steps-pre")
     if track.higher_is_worse:
         ax.axvline(0.5, color="grey", ls=":", label="chance (gender UAR 0.5)")
     ax.set_xlabel(f"{track.label} (UAR; {'lower' if track.higher_is_worse else 'higher'} "
