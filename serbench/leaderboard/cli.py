@@ -108,12 +108,10 @@ def verify_cmd(
     table = Table(title=f"verify {entry}", title_justify="left", header_style="bold")
     for heading in ("number", "entry", "re-run", "|Δ|", ""):
         table.add_column(heading, justify="left" if heading == "number" else "right")
-    show = lambda x: "missing" if x is None else f"{x:.4f}"  # noqa: E731
     for c in result.comparisons:
-        delta = "" if not (c.entry is not None and c.rerun is not None) else \
-            f"{abs(c.entry - c.rerun):.4f}"
-        table.add_row(c.what, show(c.entry), show(c.rerun), delta, "ok" if c.ok else "✗",
-                      style=None if c.ok else "red")
+        table.add_row(c.what, *("missing" if x is None else f"{x:.4f}"
+                                for x in (c.entry, c.rerun, c.delta)),
+                      "ok" if c.ok else "✗", style=None if c.ok else "red")
     console.print(table)
     if result.identical is not None:
         console.print("re-run content hashes " + ("identical to the entry's: an exact "

@@ -64,7 +64,7 @@ def _name_error(name: Any, where: str) -> SerbenchError:
 
 def validate_name(name: str) -> None:
     """Check ``--name`` before any work: it becomes a file name."""
-    if not re.fullmatch(schema()["$defs"]["name"]["pattern"].strip("^$"), name):
+    if not re.fullmatch(schema()["$defs"]["name"]["pattern"], name):
         raise _name_error(name, "--name")
 
 
@@ -78,6 +78,12 @@ def validate(data: Any, where: str) -> None:
         raise _name_error(error.instance, where)
     message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     raise SerbenchError(f"{where}: {error.json_path}: {message}")
+
+
+def describe_deviations(deviations: dict[str, dict[str, Any]]) -> str:
+    """``attack: key=value, ...; ...``: how a trial entry departs from the standard protocol."""
+    return "; ".join(f"{attack}: " + ", ".join(f"{k}={v}" for k, v in d.items())
+                     for attack, d in deviations.items())
 
 
 def entry_path(directory: Path, data: dict[str, Any]) -> Path:

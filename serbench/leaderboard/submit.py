@@ -17,7 +17,7 @@ import pandas as pd
 
 from serbench.errors import SerbenchError
 from serbench.leaderboard.entry import MODES, SCHEMA_VERSION, compute_results, \
-    encode_predictions, entry_path, validate, validate_name
+    describe_deviations, encode_predictions, entry_path, validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
 from serbench.metrics import summarize
 from serbench.results import CHECKSUMS, checksums, write_json
@@ -170,12 +170,10 @@ def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, An
         _check_protocol(run, surfaces)
     deviations = {r.attack: d for r in runs if (d := _deviations(r, track))}
     if deviations and not allow_reduced:
-        listed = "; ".join(f"{a}: " + ", ".join(f"{k}={v}" for k, v in d.items())
-                           for a, d in deviations.items())
-        raise SerbenchError(f"reduced protocol ({listed}): the standard protocol runs each "
-                            f"attack at its defaults on the corpus's default options; pass "
-                            f"--allow-reduced for a trial entry, marked as such and kept off the "
-                            f"Pareto front")
+        raise SerbenchError(f"reduced protocol ({describe_deviations(deviations)}): the "
+                            f"standard protocol runs each attack at its defaults on the "
+                            f"corpus's default options; pass --allow-reduced for a trial "
+                            f"entry, marked as such and kept off the Pareto front")
     runs = sorted(runs, key=lambda r: (track.attacks.index(r.attack), r.seed))
     predictions, extras = merge_runs(runs)
     data: dict[str, Any] = {

@@ -31,9 +31,13 @@ class Comparison:
     tolerance: float
 
     @property
+    def delta(self) -> float | None:
+        """|entry − re-run|, or None where one side lacks the number."""
+        return None if self.entry is None or self.rerun is None else abs(self.entry - self.rerun)
+
+    @property
     def ok(self) -> bool:
-        return (self.entry is not None and self.rerun is not None
-                and abs(self.entry - self.rerun) <= self.tolerance)
+        return self.delta is not None and self.delta <= self.tolerance
 
 
 @dataclass

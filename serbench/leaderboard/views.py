@@ -14,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from serbench.leaderboard.entry import Entry
+from serbench.leaderboard.entry import Entry, describe_deviations
 from serbench.leaderboard.tracks import TRACKS, Track
 
 LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the pooled "
@@ -53,9 +53,7 @@ class Row:
         if self.entry.problem:
             return self.entry.problem
         if not self.data["standard"]:
-            return "reduced protocol: " + "; ".join(
-                f"{a} " + ", ".join(f"{k}={v}" for k, v in d.items())
-                for a, d in self.data["deviations"].items())
+            return "reduced protocol: " + describe_deviations(self.data["deviations"])
         return None
 
 
