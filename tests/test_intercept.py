@@ -130,7 +130,8 @@ def test_improvised_analysis_splits_iemocap_style_tables(tmp_path: Path) -> None
 
 
 class Scramble(Defense):
-    """Replaces the transmitted representation by noise, and records who transmitted what."""
+    """Replaces the transmitted representation by noise, and records who transmitted what
+    (``trained``: the batches T's noise-aware training passed through it)."""
 
     name = "scramble"
     summary = "test double"
@@ -138,17 +139,22 @@ class Scramble(Defense):
 
     def __post_init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
+        self.trained = 0
         super().__post_init__()
 
     def transform_representation(self, h: torch.Tensor, *,
                                  generator: torch.Generator) -> torch.Tensor:
-        self.shapes.append(tuple(h.shape))
+        if h.requires_grad:
+            self.trained += len(h)
+        else:
+            self.shapes.append(tuple(h.shape))
         return torch.randn(h.shape, generator=generator)
 
 
 def test_the_defense_sees_every_transmission(tmp_path: Path) -> None:
     """Target side through ctx.defense, the attacker's training side through
-    ctx.shadow_defense; noise instead of h_T leaves nothing to learn."""
+    ctx.shadow_defense; noise instead of h_T leaves nothing to learn. T itself trains through
+    the deployed defense (noise-aware training): every epoch, every training utterance."""
     target_side, attacker_side = Scramble(), Scramble()
     ctx = small_context(tmp_path, target_side, attacker_side)
     attack = InterceptAttack(epochs=2, target_epochs=2, scenarios="worst,s1",
@@ -157,6 +163,8 @@ def test_the_defense_sees_every_transmission(tmp_path: Path) -> None:
     result = attack.evaluate_fold(ctx, 1)
     n_test = int((ctx.target.table["fold"] == 1).sum())
     assert target_side.shapes == [(n_test, 4, 32, 25)]  # the fold's speakers at pool1
+    assert target_side.trained == 2 * (len(ctx.target.table) - n_test)
+    assert attacker_side.trained == 0
     assert sorted(s[0] for s in attacker_side.shapes) == sorted(
         [len(ctx.target.table) - n_test, len(ctx.shadow.table)])
     assert result.metrics["emotion.uar"] < 0.45  # T's server side gets noise too
