@@ -88,21 +88,26 @@ def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
                     ) -> tuple[list[torch.Tensor], np.ndarray, list[str]]:
     """Average each client's updates over consecutive chunks of ``n`` rounds (``None`` = all).
 
-    A client with fewer than ``n`` updates contributes one average of all it has.
+    A client with fewer than ``n`` updates contributes one average of all it has; a last
+    incomplete chunk is dropped.
     """
     clients = np.asarray(log.clients)
-    stacks: list[list[torch.Tensor]] = [[], []]
+    chunks: list[np.ndarray] = []  # (chunks, size) row indices, one array per client
     genders, owners = [], []
     for cid in dict.fromkeys(log.clients):
         rows = np.flatnonzero(clients == cid)
         size = len(rows) if n is None else min(n, len(rows))
-        for start in range(0, len(rows) - size + 1, size):
-            chunk = torch.as_tensor(rows[start:start + size])
-            for stack, name in zip(stacks, names):
-                stack.append(log.layers[name][chunk].mean(0))
-            genders.append(log.genders[rows[0]])
-            owners.append(cid)
-    return [torch.stack(s) for s in stacks], np.asarray(genders), owners
+        count = len(rows) // size
+        chunks.append(rows[:count * size].reshape(count, size))
+        genders += [log.genders[rows[0]]] * count
+        owners += [cid] * count
+    stacks = []
+    for name in names:
+        layer = log.layers[name]
+        parts = [layer[torch.as_tensor(c.ravel())].view(*c.shape, *layer.shape[1:]).mean(1)
+                 for c in chunks]
+        stacks.append(torch.cat(parts))
+    return stacks, np.asarray(genders), owners
 
 
 class _Fitted(NamedTuple):
@@ -133,7 +138,8 @@ class FLInferenceAttack(Attack):
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
-    #: The current fold's target FL run (key, run, sampling rate): the same in both modes.
+    #: The current fold's target FL run (key, run, sampling rate, its averaged updates by n):
+    #: the same in both modes.
     _target: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
@@ -252,8 +258,8 @@ class FLInferenceAttack(Attack):
             self._target = None  # free the previous fold's updates first
             self._target = (key, *self._federate(ctx.target, train, ctx, ctx.seed + fold,
                                                  ctx.defense, f"fold {fold}: target "
-                                                 f"{self.algorithm}"))
-        return self._target[1:]
+                                                 f"{self.algorithm}"), {})
+        return self._target[1:3]
 
     def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
         table = ctx.target.table
@@ -266,8 +272,11 @@ class FLInferenceAttack(Attack):
                          self.fl_config(ctx))
         metrics = classification_metrics("emotion", y_test, y_pred)
         rows = [pd.DataFrame({"task": "emotion", "group": "", "y_true": y_test, "y_pred": y_pred})]
+        averaged = self._target[-1]  # shared by the modes, like the run
         for n in self.averaging_sizes():
-            inputs, genders, owners = average_updates(run.log, self.recorded, n)
+            if n not in averaged:
+                averaged[n] = average_updates(run.log, self.recorded, n)
+            inputs, genders, owners = averaged[n]
             pred = predict_proba(fitted.model, _normalise(inputs, fitted.stats)).argmax(1).numpy()
             group = f"n={n or 'all'}"
             metrics |= classification_metrics(f"gender@{group}", genders, pred)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from serbench.defenses.udp import check_dp_parameters, udp_epsilon
+from serbench.defenses.udp import check_dp_parameters, udp_epsilon, udp_noise_multiplier
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
@@ -138,8 +138,7 @@ class DPSGD(Defense):
         steps = participations(rounds, sample_rate, self.delta / 2)
         z = self.noise_multiplier
         if z is None:
-            z = get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta / 2,
-                                     sample_rate=1.0, steps=steps, accountant="rdp")
+            z = udp_noise_multiplier(self.epsilon, self.delta / 2, 1.0, steps)
         self._fl = (z, steps)
 
     def privacy(self, *, rounds: int, sample_rate: float) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import cache
 from typing import ClassVar
 
 import torch
@@ -35,6 +36,19 @@ def check_dp_parameters(name: str, epsilon: float | None, noise_multiplier: floa
         raise SerbenchError(f"defense {name!r}: delta must be in (0, 1), got {delta}")
 
 
+@cache
+def udp_noise_multiplier(epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
+    """z for ``rounds`` sampled Gaussian releases to meet (ε, δ), by Opacus' search (cached:
+    every FL run of an evaluation asks, and each search evaluates the accountant ~20 times)."""
+    # The search evaluates ε at tiny noise levels on its way, where Opacus warns that its
+    # orders are too small; the ε it settles on is computed without that problem.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+        return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                    sample_rate=sample_rate, steps=rounds, accountant="rdp")
+
+
+@cache
 def udp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
     """ε of ``rounds`` sampled Gaussian releases, by Opacus' RDP accountant."""
     accountant = RDPAccountant()
@@ -63,13 +77,7 @@ class UserLevelDP(Defense):
 
     def calibrate(self, *, rounds: int, sample_rate: float) -> None:
         if self.epsilon is not None:
-            # The search evaluates ε at tiny noise levels on its way, where Opacus warns that
-            # its orders are too small; the ε it settles on is computed without that problem.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
-                self._z = get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
-                                               sample_rate=sample_rate, steps=rounds,
-                                               accountant="rdp")
+            self._z = udp_noise_multiplier(self.epsilon, self.delta, sample_rate, rounds)
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
