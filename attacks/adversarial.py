@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serbench.attacks.intercept import InterceptAttack, Target, _FoldRun, _seed
-from serbench.context import CorpusData, EvalContext, FoldResult
+from serbench.attacks.intercept import DeploysTarget, _FoldRun, _seed
+from serbench.context import EvalContext, FoldResult
 from serbench.defenses.adv import linf_perturb
 from serbench.errors import SerbenchError, unknown_name
 from serbench.fl.engine import single_thread
@@ -58,11 +58,12 @@ class Schedule(NamedTuple):
 
 
 @dataclass
-class InputAttack(Attack, ABC):
+class InputAttack(DeploysTarget, Attack, ABC):
     """Shared protocol of the L∞ input attacks. Parameters: ``eps`` (in T's input units,
     z-scored log-mel), T (``target`` family, ``size``, ``frames``, ``target_epochs``, ``lr``)
-    and ``batch_size`` (utterances attacked at once). T is trained by the intercept attack's
-    ``_FoldRun.train_target``, which reads ``padded``, ``size``, ``target_epochs`` and ``lr``."""
+    and ``batch_size`` (utterances attacked at once). T is trained and kept per fold as the
+    intercept attack's is (:class:`DeploysTarget`), by ``_FoldRun.train_target``, which reads
+    ``padded``, ``size``, ``target_epochs`` and ``lr``."""
 
     surface: ClassVar[Surface] = Surface.INPUT
     default_features: ClassVar[str] = "logmel"
@@ -78,18 +79,6 @@ class InputAttack(Attack, ABC):
     target_epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        #: T's padded inputs per corpus, for :meth:`padded` (the intercept attack's cache).
-        self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
-        #: T and its training's privacy guarantees (DP-SGD's ε) per (corpus, fold, seed,
-        #: features, defense): the same in both attack modes, so the adaptive mode reuses the
-        #: non-adaptive mode's (the corpus is kept for its id).
-        self._targets: dict[tuple, tuple[CorpusData, Target, dict[str, float]]] = {}
-        super().__post_init__()
-
-    #: T's fixed-length inputs, computed once per run, exactly as the intercept attack does.
-    padded = InterceptAttack.padded
 
     def validate(self) -> None:
         if self.target not in FAMILIES:
@@ -123,17 +112,6 @@ class InputAttack(Attack, ABC):
             ctx.reporter.log(f"defense {ctx.defense.name!r} randomises the input: {self.name}'s "
                              f"robust UAR is reported as unscored/{self.name}; run --attack "
                              f"eot-pgd for its score (SPEC §3.3)")
-
-    def deployed(self, run: _FoldRun) -> tuple[Target, dict[str, float]]:
-        """T of ``run``'s fold, trained through the deployed defense once per attack object,
-        and the defense's ``training_privacy`` of that training."""
-        ctx = run.ctx
-        key = (id(ctx.target), run.fold, ctx.seed, ctx.features, type(ctx.defense),
-               repr(ctx.defense.params()))
-        if key not in self._targets:
-            target = run.train_target(self.target, ctx.features, ctx.defense)
-            self._targets[key] = (ctx.target, target, ctx.defense.training_privacy())
-        return self._targets[key][1:]
 
     def perturb(self, shadow: Defense, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:

@@ -162,8 +162,47 @@ def pad_sequences(seqs: list[np.ndarray], frames: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(x), torch.from_numpy(mask)
 
 
+class DeploysTarget:
+    """What the attacks that train T share (intercept, the input attacks): T's fixed-length
+    inputs per corpus, and T as deployed on the current fold. Needs the fields ``frames`` and
+    ``target``; :meth:`noise_layer` names the layer T transmits, if any."""
+
+    def __post_init__(self) -> None:
+        #: Per (corpus object, feature set): the corpus (kept, so its id stays its own) and its
+        #: padded inputs, built once and shared by every fold.
+        self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
+        #: The current fold's deployed T: (key, corpus, T, its training's privacy guarantees).
+        self._deployed: tuple[tuple, CorpusData, Target, dict[str, float]] | None = None
+        super().__post_init__()
+
+    def noise_layer(self) -> str | None:
+        """The layer whose transmission the defense transforms in T's training, if any."""
+        return None
+
+    def padded(self, data: CorpusData, features: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A corpus's sequences at T's fixed length, computed once per run."""
+        key = (id(data), features)
+        if key not in self._inputs:
+            self._inputs[key] = (data, *pad_sequences(data.features(features), self.frames))
+        return self._inputs[key][1:]
+
+    def deployed(self, run: _FoldRun) -> tuple[Target, dict[str, float]]:
+        """T as deployed on ``run``'s fold, trained through the defense (its training hooks,
+        and its transformation of :meth:`noise_layer` in training: noise-aware training), with
+        the defense's ``training_privacy`` of that training. The same in both attack modes,
+        which the runner evaluates fold by fold, so it is kept until the next fold."""
+        ctx = run.ctx
+        key = (id(ctx.target), run.fold, id(ctx.defense), ctx.seed, ctx.features)
+        if self._deployed is None or self._deployed[0] != key:
+            self._deployed = None  # free the previous fold's T first
+            target = run.train_target(self.target, ctx.features, ctx.defense,
+                                      self.noise_layer())
+            self._deployed = (key, ctx.target, target, ctx.defense.training_privacy())
+        return self._deployed[2:]
+
+
 @dataclass
-class InterceptAttack(Attack):
+class InterceptAttack(DeploysTarget, Attack):
     """Parameters: T (``target`` family, ``size``, ``layer`` k), the attackers (``scenarios``,
     ``attackers``, ``other`` = the CNN family of s2/s3), training (``frames``,
     ``target_epochs``, ``epochs``, ``lr``, ``workers``) and the ``analyses`` (with
@@ -193,13 +232,6 @@ class InterceptAttack(Attack):
     lr: float = 1e-3
     #: Processes that train the attackers (0: one per CPU). Results do not depend on it.
     workers: int = 0
-
-    def __post_init__(self) -> None:
-        #: Per (corpus object, feature set): the corpus (kept, so its id stays its own) and its
-        #: padded inputs, built once and shared by every fold.
-        self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
-        self._deployed: tuple[tuple, Target] | None = None
-        super().__post_init__()
 
     def validate(self) -> None:
         if self.target not in FAMILIES:
@@ -249,19 +281,15 @@ class InterceptAttack(Attack):
             ctx.reporter.log(f"analysis 'improvised' skipped: dataset {ctx.target.name!r} has no "
                              f"'improvised' column (IEMOCAP has one)")
 
-    def padded(self, data: CorpusData, features: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A corpus's sequences at T's fixed length, computed once per run."""
-        key = (id(data), features)
-        if key not in self._inputs:
-            self._inputs[key] = (data, *pad_sequences(data.features(features), self.frames))
-        return self._inputs[key][1:]
+    def noise_layer(self) -> str:
+        return self.k
 
     def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
         # One thread (the models are too small to split; on the busy 2-core machine two threads
         # trained them ten times slower, measured); more cores serve through worker processes.
         with single_thread():
             run = _FoldRun(self, ctx, fold)
-            target = self.deployed(run)
+            target, privacy = self.deployed(run)
             main = run.leakage(target, self.k, self.jobs(self.scenarios))
             preds = run.frame(main)
             metrics = classification_metrics("emotion", *run.emotion(main))
@@ -269,18 +297,7 @@ class InterceptAttack(Attack):
                 metrics |= classification_metrics(f"gender@{group}", rows["y_true"], rows["y_pred"])
             if self.analyses:
                 self.write_analyses(ctx, fold, run, target, main, preds)
-        return FoldResult(metrics, preds, ctx.defense.training_privacy())
-
-    def deployed(self, run: _FoldRun) -> Target:
-        """T as deployed on ``run``'s fold: trained through the defense (its training hooks, and
-        its noise on h_T at layer k: noise-aware training). The same in both attack modes, so
-        it is kept until the next fold."""
-        ctx = run.ctx
-        key = (id(ctx.target), run.fold, id(ctx.defense), ctx.seed, ctx.features)
-        if self._deployed is None or self._deployed[0] != key:
-            self._deployed = (key, run.train_target(self.target, ctx.features, ctx.defense,
-                                                    self.k))
-        return self._deployed[1]
+        return FoldResult(metrics, preds, privacy)
 
     def write_analyses(self, ctx: EvalContext, fold: int, run: _FoldRun, target: Target,
                        main: _Leakage, preds: pd.DataFrame) -> None:
