@@ -140,20 +140,27 @@ def _notes(rows: list[Row]) -> list[str]:
     return [f"{r.data['name']}: {r.note}" for r in rows if r.note]
 
 
+#: Text the terminal table shows under another column's numbers, to fit 80 columns.
+_UNDER = {"defense": "entry", "at": "worst"}
+
+
 def rich_table(track_id: str, rows: list[Row]) -> Table:
-    """Narrow enough for a terminal: a headline's UAR, CI and mean ± std share one cell."""
+    """Narrow enough for a terminal: a headline's UAR, CI, mean ± std and where the worst case
+    was attained share one cell, and the defense's parameters sit under the entry's name."""
     groups: dict[str, list[Column]] = {}
     for col in columns(rows[0].entry.track):
-        groups.setdefault(col.key.split("-")[0], []).append(col)
+        key = col.key.split("-")[0]
+        groups.setdefault(_UNDER.get(key, key), []).append(col)
     notes = escape("\n".join(_notes(rows)))
     table = Table(title=_title(track_id), title_justify="left", header_style="bold",
                   caption=LEGEND + ("\n" + notes if notes else ""), caption_justify="left",
                   show_lines=True)
     table.add_column("#", justify="right")
-    for key, cols in groups.items():
-        numeric = all(c.numeric for c in cols)
-        table.add_column("\n".join(c.heading for c in cols), justify="right" if numeric else "left",
-                         no_wrap=numeric or key == "status")
+    for cols in groups.values():
+        # Names and numbers are never cut; the text under them folds to the column's width.
+        widths = [len(c.text(r)) for c in cols[:1] + [c for c in cols if c.numeric] for r in rows]
+        table.add_column("\n".join(c.heading for c in cols), min_width=max(widths),
+                         justify="right" if cols[0].numeric else "left", overflow="fold")
     for i, row in enumerate(rows, 1):
         style = "red" if row.entry.problem else ("dim" if row.status != "ok" else None)
         table.add_row(str(i), *(escape("\n".join(c.text(row) for c in cols))
