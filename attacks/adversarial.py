@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serbench.attacks.intercept import DeploysTarget, _FoldRun, _seed
+from serbench.attacks.target import DeploysTarget, FoldSides, stable_seed
 from serbench.context import EvalContext, FoldResult
 from serbench.defenses.adv import linf_perturb
 from serbench.errors import SerbenchError, unknown_name
@@ -62,7 +62,7 @@ class InputAttack(DeploysTarget, Attack, ABC):
     """Shared protocol of the L∞ input attacks. Parameters: ``eps`` (in T's input units,
     z-scored log-mel), T (``target`` family, ``size``, ``frames``, ``target_epochs``, ``lr``)
     and ``batch_size`` (utterances attacked at once). T is trained and kept per fold as the
-    intercept attack's is (:class:`DeploysTarget`), by ``_FoldRun.train_target``, which reads
+    intercept attack's is (:class:`DeploysTarget`), by ``FoldSides.train_target``, which reads
     ``padded``, ``size``, ``target_epochs`` and ``lr``."""
 
     surface: ClassVar[Surface] = Surface.INPUT
@@ -138,7 +138,7 @@ class InputAttack(DeploysTarget, Attack, ABC):
         """Clean and attacked emotion predictions of the fold's speakers, both through the
         deployed defense with the same draws of its randomness."""
         with single_thread():  # small models: one thread is faster on a busy machine (intercept)
-            run = _FoldRun(self, ctx, fold)
+            run = FoldSides(self, ctx, fold)
             target, privacy = self.deployed(run)
             _, rows, _ = run.sides["test"]
             x, mask = self.padded(ctx.target, target.features)
@@ -147,8 +147,8 @@ class InputAttack(DeploysTarget, Attack, ABC):
             y = emotion_labels(table["emotion"], run.classes)
             attacked = self.perturb(ctx.shadow_defense, target.net, inputs, torch.tensor(y),
                                     torch.Generator().manual_seed(
-                                        _seed(ctx.seed, fold, "attack")))
-            deployed_seed = _seed(ctx.seed, fold, "deployed")
+                                        stable_seed(ctx.seed, fold, "attack")))
+            deployed_seed = stable_seed(ctx.seed, fold, "deployed")
             clean, robust = (defended_proba(ctx.defense, target.net, z, torch.Generator()
                                             .manual_seed(deployed_seed)).argmax(1).numpy()
                              for z in (inputs, attacked))

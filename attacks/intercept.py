@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ import torch
 from torch import nn
 
 from serbench.analyses import write_analysis
-from serbench.context import CorpusData, EvalContext, FoldResult
+from serbench.attacks.target import DeploysTarget, FoldSides, Target, stable_seed
+from serbench.context import EvalContext, FoldResult
 from serbench.corpora.base import GENDERS
 from serbench.errors import SerbenchError, unknown_name
 from serbench.fl.engine import single_thread
-from serbench.metrics import classification_metrics, emotion_classes, emotion_labels
-from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, TIME_POOL, JointHead, \
-    LayeredNet, build, check_layer, default_layer, readable_layers
+from serbench.metrics import classification_metrics, emotion_labels
+from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, build, \
+    check_layer, default_layer, readable_layers
 from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Attack, Defense, Surface
 from serbench.results import write_csv
@@ -80,11 +80,6 @@ def _items(text: str, valid: tuple[str, ...] | dict, what: str) -> list[str]:
     return items
 
 
-def _seed(*parts: object) -> int:
-    """A stable seed for one named step (Python's hash() of a string changes per process)."""
-    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
-
-
 class _Fit(NamedTuple):
     """One classifier to train and apply to ``test``: picklable, so a worker process can run
     it. ``n_gender`` marginalises a joint (gender, emotion) softmax to gender.
@@ -125,80 +120,6 @@ def _workers(requested: int) -> int:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return requested or cpus or 1
-
-
-@dataclass
-class Target:
-    """The deployed T: its front end (z-scores per feature with its training frames'
-    statistics) and its network. ``features`` names the input it reads."""
-
-    net: LayeredNet
-    features: str
-    shape: tuple[int, int, int]  #: input (1, dims, frames)
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def inputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(N, 1, dims, frames) from padded sequences; padding stays 0 (the mean)."""
-        return ((x - self.mean) / self.std * mask).unsqueeze(1)
-
-    def hidden(self, x: torch.Tensor, layer: str, batch_size: int = 256) -> torch.Tensor:
-        self.net.eval()
-        with torch.no_grad():
-            return torch.cat([self.net.upto(x[i:i + batch_size], layer)
-                              for i in range(0, len(x), batch_size)])
-
-
-def pad_sequences(seqs: list[np.ndarray], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, dims, frames) sequences centre-cropped or zero-padded at the end, and the (N, 1,
-    frames) mask of real frames: T's input has one fixed length."""
-    x = np.zeros((len(seqs), seqs[0].shape[1], frames), dtype=np.float32)
-    mask = np.zeros((len(seqs), 1, frames), dtype=np.float32)
-    for i, seq in enumerate(seqs):
-        start = max(0, (len(seq) - frames) // 2)
-        part = seq[start:start + frames]
-        x[i, :, :len(part)] = part.T
-        mask[i, :, :len(part)] = 1.0
-    return torch.from_numpy(x), torch.from_numpy(mask)
-
-
-class DeploysTarget:
-    """What the attacks that train T share (intercept, the input attacks): T's fixed-length
-    inputs per corpus, and T as deployed on the current fold. Needs the fields ``frames`` and
-    ``target``; :meth:`noise_layer` names the layer T transmits, if any."""
-
-    def __post_init__(self) -> None:
-        #: Per (corpus object, feature set): the corpus (kept, so its id stays its own) and its
-        #: padded inputs, built once and shared by every fold.
-        self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
-        #: The current fold's deployed T: (key, corpus, T, its training's privacy guarantees).
-        self._deployed: tuple[tuple, CorpusData, Target, dict[str, float]] | None = None
-        super().__post_init__()
-
-    def noise_layer(self) -> str | None:
-        """The layer whose transmission the defense transforms in T's training, if any."""
-        return None
-
-    def padded(self, data: CorpusData, features: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A corpus's sequences at T's fixed length, computed once per run."""
-        key = (id(data), features)
-        if key not in self._inputs:
-            self._inputs[key] = (data, *pad_sequences(data.features(features), self.frames))
-        return self._inputs[key][1:]
-
-    def deployed(self, run: _FoldRun) -> tuple[Target, dict[str, float]]:
-        """T as deployed on ``run``'s fold, trained through the defense (its training hooks,
-        and its transformation of :meth:`noise_layer` in training: noise-aware training), with
-        the defense's ``training_privacy`` of that training. The same in both attack modes,
-        which the runner evaluates fold by fold, so it is kept until the next fold."""
-        ctx = run.ctx
-        key = (id(ctx.target), run.fold, id(ctx.defense), ctx.seed, ctx.features)
-        if self._deployed is None or self._deployed[0] != key:
-            self._deployed = None  # free the previous fold's T first
-            target = run.train_target(self.target, ctx.features, ctx.defense,
-                                      self.noise_layer())
-            self._deployed = (key, ctx.target, target, ctx.defense.training_privacy())
-        return self._deployed[2:]
 
 
 @dataclass
@@ -342,29 +263,11 @@ class _Leakage(NamedTuple):
     emotion: np.ndarray
 
 
-class _FoldRun:
-    """One fold: T trained without the fold's speakers, attacked at one or more layers.
+class _FoldRun(FoldSides):
+    """One fold of the intercept attack: T trained without the fold's speakers (the sides of
+    :class:`FoldSides`), attacked at one or more layers."""
 
-    Sides: "target" (T's training speakers: T trains on them, and so do the worst and s2
-    attackers), "shadow" (s1, s3, s4 attackers) and "test" (the fold's speakers, the only ones
-    scored). The attacker's sides transmit through ``ctx.shadow_defense`` (what it simulates),
-    the test side through ``ctx.defense`` (what T deploys).
-    """
-
-    def __init__(self, attack: InterceptAttack, ctx: EvalContext, fold: int) -> None:
-        self.attack, self.ctx, self.fold = attack, ctx, fold
-        self.classes = emotion_classes(ctx.target.table["emotion"])
-        in_fold = (ctx.target.table["fold"] == fold).to_numpy()
-        self.sides: dict[str, tuple[CorpusData, np.ndarray, Defense]] = {
-            "target": (ctx.target, np.flatnonzero(~in_fold), ctx.shadow_defense),
-            "test": (ctx.target, np.flatnonzero(in_fold), ctx.defense)}
-        if ctx.shadow is not None:
-            self.sides["shadow"] = (ctx.shadow, np.arange(len(ctx.shadow.table)),
-                                    ctx.shadow_defense)
-
-    def table(self, side: str) -> pd.DataFrame:
-        data, rows, _ = self.sides[side]
-        return data.table.iloc[rows]
+    attack: InterceptAttack
 
     def labels(self, side: str, attacker: str) -> torch.Tensor:
         """Gender codes; for the application-aware attacker, joint (gender, emotion) codes."""
@@ -374,49 +277,13 @@ class _FoldRun:
             gender = gender * len(self.classes) + emotion_labels(table["emotion"], self.classes)
         return torch.tensor(gender, dtype=torch.long)
 
-    def train_target(self, family: str, features: str, defense: Defense | None = None,
-                     layer: str | None = None) -> Target:
-        """T for emotion, from scratch, on the fold's training speakers, trained through
-        ``defense``: its training hooks if it ``trains``, and with its transformation of the
-        transmitted ``layer`` applied in training (noise-aware training, SPEC §4)."""
-        data, rows, _ = self.sides["target"]
-        x, mask = self.attack.padded(data, features)
-        x, mask = x[rows], mask[rows]
-        frames = mask.sum(dim=(0, 2))
-        mean = (x * mask).sum(dim=(0, 2)) / frames.clamp(min=1)
-        var = ((x - mean[:, None]) ** 2 * mask).sum(dim=(0, 2)) / frames.clamp(min=1)
-        seed = _seed(self.ctx.seed, self.fold, "target", family, features)
-        shape = (1, x.shape[1], x.shape[2])
-        net = build(family, shape, len(self.classes), self.attack.size, seed=seed,
-                    time_pool=TIME_POOL[self.attack.size])
-        target = Target(net, features, shape, mean[:, None], var.sqrt()[:, None] + 1e-5)
-        y = torch.tensor(emotion_labels(self.table("target")["emotion"], self.classes))
-        hook = None
-        if (defense is not None and layer is not None
-                and type(defense).transform_representation is not Defense.transform_representation):
-            generator = torch.Generator().manual_seed(seed)
-
-            def transmit(module: nn.Module, _: object, h: torch.Tensor) -> torch.Tensor | None:
-                if module.training:
-                    return defense.transform_representation(h, generator=generator)
-                return None
-
-            hook = net.layers[layer].register_forward_hook(transmit)
-        try:
-            _Fit(net, target.inputs(x, mask), y, self.attack.target_epochs, self.attack.lr,
-                 seed, defense=defense).train()
-        finally:
-            if hook is not None:
-                hook.remove()
-        return target
-
     def transmitted(self, target: Target, layer: str, side: str) -> torch.Tensor:
         """h_T at ``layer`` for ``side``'s utterances, through that side's defense."""
         data, rows, defense = self.sides[side]
         x, mask = self.attack.padded(data, target.features)
         h = target.hidden(target.inputs(x[rows], mask[rows]), layer)
         generator = torch.Generator().manual_seed(
-            _seed(self.ctx.seed, self.fold, side, layer, target.net.family, target.features))
+            stable_seed(self.ctx.seed, self.fold, side, layer, target.net.family, target.features))
         return defense.transform_representation(h, generator=generator)
 
     def attacker(self, target: Target, layer: str, scenario: str, attacker: str,
@@ -442,7 +309,7 @@ class _FoldRun:
         fits = []
         for scenario, attacker in todo:
             side = SCENARIOS[scenario].data
-            seed = _seed(self.ctx.seed, self.fold, scenario, attacker, layer,
+            seed = stable_seed(self.ctx.seed, self.fold, scenario, attacker, layer,
                          target.net.family, target.features)
             model = self.attacker(target, layer, scenario, attacker, tuple(h["test"].shape[1:]),
                                   seed)

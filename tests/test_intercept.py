@@ -204,7 +204,7 @@ def test_bad_parameters(params: dict, fragment: str) -> None:
 
 
 def test_pad_and_crop_keep_the_centre() -> None:
-    from serbench.attacks.intercept import pad_sequences
+    from serbench.attacks.target import pad_sequences
 
     long, short = np.arange(10.0)[:, None], np.ones((3, 1))
     x, mask = pad_sequences([long, short], 4)
