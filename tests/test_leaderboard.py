@@ -17,6 +17,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from importlib.metadata import entry_points
 from types import SimpleNamespace
 
 import jsonschema
@@ -25,6 +26,7 @@ import pytest
 
 from serbench.errors import SerbenchError
 from serbench.leaderboard.entry import SCHEMA_PATH, compute_results
+from serbench.leaderboard.tracks import TRACKS
 from serbench.registry import load_plugin
 from test_cli import assert_one_line_error
 
@@ -32,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 GUIDE = (REPO / "docs" / "writing-a-defense.md").read_text()
 ENTRY = Path("leaderboards/synth/update/prune-trial.json")
 RUNS = {"fedsgd": Path("runs/prune-fedsgd-trial"), "fedavg": Path("runs/prune-fedavg-trial")}
-BUILT_IN = ("none", "udp", "noise")
 
 
 def serbench(*args: str, cwd: Path) -> SimpleNamespace:
@@ -135,8 +136,12 @@ def test_worst_case_is_the_maximum_over_attacks_and_modes(trial: SimpleNamespace
     worst = trial.entry["headline"]["worst"]
     at = (worst["attack"], worst["mode"], worst["measure"])
     assert worst["uar"] == leakage[at] == max(leakage.values())
-    row = next(line for line in trial.procs[-1].stdout.splitlines() if "prune-trial" in line)
-    assert f"{worst['uar']:.3f}" in row and ", ".join(at) in row
+    # The terminal table shows where the worst case was attained under its numbers.
+    lines = trial.procs[-1].stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "prune-trial" in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i][:1] in "├└")
+    cell = " ".join(line.split("│")[4].strip() for line in lines[start:end])
+    assert cell.startswith(f"{worst['uar']:.3f} ") and cell.endswith(", ".join(at))
 
 
 @pytest.fixture(scope="module")
@@ -267,13 +272,20 @@ def test_entries_are_data_never_code(trial: SimpleNamespace, tmp_path: Path) -> 
 
 
 def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -> None:
+    """SPEC §7 / docs/leaderboard.md: serbench's own standard entries for each built-in defense
+    on every track of the default corpus and of RAVDESS."""
     proc = lb("show", "--dir", str(REPO / "leaderboards"), cwd=REPO)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     assert "inconsistent" not in proc.stdout and "trial" not in proc.stdout
-    for surface in ("update", "representation"):
-        names = {json.loads(p.read_text())["defense"]["name"]
-                 for p in (REPO / "leaderboards" / "synth" / surface).glob("*.json")}
-        assert set(BUILT_IN) <= names, surface
+    built_in = {ep.name for ep in entry_points(group="serbench.defenses")
+                if ep.value.startswith("serbench.defenses.")}
+    assert {"none", "udp", "noise", "dpsgd", "adv"} <= built_in
+    for corpus in ("synth", "ravdess"):
+        for surface in TRACKS:
+            entries = [json.loads(p.read_text())
+                       for p in (REPO / "leaderboards" / corpus / surface).glob("*.json")]
+            assert {e["defense"]["name"] for e in entries} >= built_in, (corpus, surface)
+            assert all(e["standard"] for e in entries), (corpus, surface)
 
 
 @pytest.fixture(scope="module")
@@ -289,8 +301,11 @@ def rendered(trial: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def pareto(entries: list[dict]) -> set[str]:
-    """Standard entries that no other has beaten on both emotion UAR and worst-case leakage."""
-    points = {e["name"]: (e["headline"]["utility"]["uar"], e["headline"]["worst"]["uar"])
+    """Standard entries that no other has beaten on both emotion UAR and the worst case
+    (leakage, lower is better; robust UAR on the input track, higher is better)."""
+    sign = {s: 1 if t.higher_is_worse else -1 for s, t in TRACKS.items()}
+    points = {e["name"]: (e["headline"]["utility"]["uar"],
+                          sign[e["surface"]] * e["headline"]["worst"]["uar"])
               for e in entries if e["standard"]}
     return {n for n, (u, w) in points.items()
             if not any(u2 >= u and w2 <= w and (u2, w2) != (u, w) for u2, w2 in points.values())}
@@ -298,7 +313,7 @@ def pareto(entries: list[dict]) -> set[str]:
 
 def test_render_writes_markdown_and_pareto_plots(rendered: SimpleNamespace) -> None:
     md = (rendered.dir / "leaderboard.md").read_text()
-    for surface in ("update", "representation"):
+    for surface in TRACKS:
         entries = [e for e in rendered.entries if e["surface"] == surface]
         section = md.split(f"## synth / {surface}", 1)[1].split("\n## ", 1)[0]
         front = pareto(entries)
@@ -365,7 +380,7 @@ def test_html_page_in_headless_chromium(rendered: SimpleNamespace, key: str,
                                         descending: bool) -> None:
     fragment = f"#sort={key}" + (":desc" if descending else "")
     dom = chromium_dom(rendered.dir / "leaderboard.html", fragment)
-    assert set(dom.tables) == {"synth/update", "synth/representation"}
+    assert set(dom.tables) == {f"synth/{surface}" for surface in TRACKS}
     for track, rows in dom.tables.items():
         names = {e["name"] for e in rendered.entries if f"synth/{e['surface']}" == track}
         assert {name for name, _ in rows} == names
@@ -375,7 +390,7 @@ def test_html_page_in_headless_chromium(rendered: SimpleNamespace, key: str,
         assert dom.headers[track][key] == ("descending" if descending else "ascending")
         assert {"utility", "utility-ci", "utility-spread", "worst", "worst-ci",
                 "worst-spread", "epsilon", "pareto"} <= set(dom.headers[track])
-    assert len(dom.images) == 2
+    assert len(dom.images) == len(TRACKS)
     for src in dom.images:
         assert src.startswith("data:image/png;base64,")
         image = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
