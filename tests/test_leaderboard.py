@@ -22,10 +22,11 @@ from types import SimpleNamespace
 
 import jsonschema
 import matplotlib.image
+import numpy as np
 import pytest
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import SCHEMA_PATH, compute_results
+from serbench.leaderboard.entry import SCHEMA_PATH, cells, compute_results
 from serbench.leaderboard.tracks import TRACKS
 from serbench.registry import load_plugin
 from test_cli import assert_one_line_error
@@ -142,6 +143,34 @@ def test_worst_case_is_the_maximum_over_attacks_and_modes(trial: SimpleNamespace
     end = next(i for i in range(start + 1, len(lines)) if lines[i][:1] in "├└")
     cell = " ".join(line.split("│")[4].strip() for line in lines[start:end])
     assert cell.startswith(f"{worst['uar']:.3f} ") and cell.endswith(", ".join(at))
+
+
+def test_statistics_span_folds_and_seeds(trial: SimpleNamespace) -> None:
+    """Several seeds per attack, submitted together: mean ± std is over every (seed, fold),
+    the pooled UAR and its CI over both seeds' predictions (SPEC §6)."""
+    runs = []
+    for args in guide_commands("### Quick trial")[:2]:
+        out = args.index("--out") + 1
+        args = [*args[:out], args[out] + "-seed1", *args[out + 1:], "--seed", "1"]
+        assert serbench(*args, cwd=trial.work).returncode == 0
+        runs.append(args[out])
+    proc = lb("submit", *map(str, RUNS.values()), *runs, "--name", "two-seeds", "--dir",
+              "seeds-board", "--allow-reduced", cwd=trial.work)
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads((trial.work / "seeds-board/synth/update/two-seeds.json").read_text())
+    assert entry["protocol"]["seeds"] == [0, 1]
+    for attack, mode, measure, one_seed in cells(trial.entry["results"]):
+        stats = entry["results"][attack][mode][measure]
+        uars = {(f["seed"], f["fold"]): f["uar"] for f in stats["folds"]}
+        assert set(uars) == {(s, f) for s in (0, 1) for f in range(1, 6)}
+        assert [uars[0, f["fold"]] for f in one_seed["folds"]] == [f["uar"] for f in
+                                                                 one_seed["folds"]]
+        assert [stats["mean"], stats["std"]] == pytest.approx(
+            [np.mean(list(uars.values())), np.std(list(uars.values()))], abs=1e-12)
+        assert stats["n"] > one_seed["n"]  # seed 1 draws its own target/shadow split
+    shown = lb("show", "--dir", "seeds-board", cwd=trial.work).stdout
+    utility = entry["headline"]["utility"]
+    assert f"{utility['mean']:.3f}±{utility['std']:.3f}" in shown
 
 
 @pytest.fixture(scope="module")
