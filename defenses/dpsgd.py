@@ -23,6 +23,7 @@ Accounting (docs/dpsgd.md):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -40,6 +41,11 @@ from torch.utils.data import DataLoader
 from serbench.defenses.udp import check_dp_parameters, udp_epsilon, udp_noise_multiplier
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
+
+# Opacus' hooks on a model's first layer fire although its input needs no gradient; PyTorch's
+# warning about that is expected under DP-SGD and tells the user nothing.
+warnings.filterwarnings("ignore", "Full backward hook is firing when gradients are computed "
+                        "with respect to module outputs", UserWarning)
 
 
 class _ClipPerExample(torch.autograd.Function):
