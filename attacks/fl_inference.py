@@ -9,7 +9,7 @@ classifies each private client's update, alone or averaged over n of that client
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from serbench.context import CorpusData, EvalContext, FoldResult
 from serbench.errors import SerbenchError
 from serbench.fl.clients import make_clients
 from serbench.fl import get_engine
-from serbench.fl.engine import FLConfig, UpdateLog, init_params, predict
+from serbench.fl.engine import FLConfig, FLRun, UpdateLog, init_params, predict
 from serbench.metrics import classification_metrics, uar, emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
@@ -118,6 +118,15 @@ class _Fitted(NamedTuple):
     selection: dict[str, float]  #: held-out shadow UAR of each candidate model
 
 
+class _TargetRun(NamedTuple):
+    """The current fold's target FL run with the deployed defense: the same in both modes."""
+
+    key: tuple  #: (corpus, fold, defense, engine, seed) it was run for
+    run: FLRun
+    sample_rate: float
+    averaged: dict[int | None, tuple]  #: :func:`average_updates` by n, filled on demand
+
+
 @dataclass
 class FLInferenceAttack(Attack):
     """Shared by ``fedsgd`` and ``fedavg``; only the FL algorithm differs."""
@@ -138,9 +147,7 @@ class FLInferenceAttack(Attack):
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
-    #: The current fold's target FL run (key, run, sampling rate, its averaged updates by n):
-    #: the same in both modes.
-    _target: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
+    _target: _TargetRun | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
         if self.layer not in SERMLP.layer_names:
@@ -250,21 +257,22 @@ class FLInferenceAttack(Attack):
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
 
-    def _target_run(self, ctx: EvalContext, fold: int, train: np.ndarray):
+    def _target_run(self, ctx: EvalContext, fold: int, train: np.ndarray) -> _TargetRun:
         """The target's FL run on ``fold``'s training speakers with the deployed defense,
         computed once for both attack modes."""
         key = (id(ctx.target), fold, id(ctx.defense), ctx.engine, ctx.seed)
-        if self._target is None or self._target[0] != key:
+        if self._target is None or self._target.key != key:
             self._target = None  # free the previous fold's updates first
-            self._target = (key, *self._federate(ctx.target, train, ctx, ctx.seed + fold,
-                                                 ctx.defense, f"fold {fold}: target "
-                                                 f"{self.algorithm}"), {})
-        return self._target[1:3]
+            run, rate = self._federate(ctx.target, train, ctx, ctx.seed + fold, ctx.defense,
+                                       f"fold {fold}: target {self.algorithm}")
+            self._target = _TargetRun(key, run, rate, {})
+        return self._target
 
     def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
         table = ctx.target.table
         train, test = np.flatnonzero(table["fold"] != fold), np.flatnonzero(table["fold"] == fold)
-        run, sample_rate = self._target_run(ctx, fold, train)
+        target = self._target_run(ctx, fold, train)
+        run = target.run
         fitted = self._fitted[ctx.mode]
         x_test = ctx.target.features(ctx.features)[test]
         y_test = emotion_labels(table["emotion"].iloc[test], emotion_classes(table["emotion"]))
@@ -272,7 +280,7 @@ class FLInferenceAttack(Attack):
                          self.fl_config(ctx))
         metrics = classification_metrics("emotion", y_test, y_pred)
         rows = [pd.DataFrame({"task": "emotion", "group": "", "y_true": y_test, "y_pred": y_pred})]
-        averaged = self._target[-1]  # shared by the modes, like the run
+        averaged = target.averaged  # shared by the modes, like the run
         for n in self.averaging_sizes():
             if n not in averaged:
                 averaged[n] = average_updates(run.log, self.recorded, n)
@@ -282,7 +290,7 @@ class FLInferenceAttack(Attack):
             metrics |= classification_metrics(f"gender@{group}", genders, pred)
             rows.append(pd.DataFrame({"task": "gender", "group": group, "y_true": genders,
                                       "y_pred": pred, "client": owners}))
-        extras = ctx.defense.privacy(rounds=self.rounds, sample_rate=sample_rate) | {
+        extras = ctx.defense.privacy(rounds=self.rounds, sample_rate=target.sample_rate) | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
         return FoldResult(metrics, pd.concat(rows, ignore_index=True), extras)
 

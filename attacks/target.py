@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,15 @@ def pad_sequences(seqs: list[np.ndarray], frames: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(x), torch.from_numpy(mask)
 
 
+class _Deployed(NamedTuple):
+    """The current fold's deployed T, the same in both attack modes."""
+
+    key: tuple  #: (corpus, fold, defense, seed, features) it was trained for
+    corpus: CorpusData  #: kept so that the id in ``key`` stays its own
+    target: Target
+    privacy: dict[str, float]  #: the defense's ``training_privacy`` of T's training
+
+
 class DeploysTarget:
     """What the attacks that train T share (intercept, the input attacks): T's fixed-length
     inputs per corpus, and T as deployed on the current fold. Needs the fields ``frames`` and
@@ -68,8 +78,7 @@ class DeploysTarget:
         #: Per (corpus object, feature set): the corpus (kept, so its id stays its own) and its
         #: padded inputs, built once and shared by every fold.
         self._inputs: dict[tuple[int, str], tuple[CorpusData, torch.Tensor, torch.Tensor]] = {}
-        #: The current fold's deployed T: (key, corpus, T, its training's privacy guarantees).
-        self._deployed: tuple[tuple, CorpusData, Target, dict[str, float]] | None = None
+        self._deployed: _Deployed | None = None
         super().__post_init__()
 
     def noise_layer(self) -> str | None:
@@ -90,12 +99,12 @@ class DeploysTarget:
         which the runner evaluates fold by fold, so it is kept until the next fold."""
         ctx = run.ctx
         key = (id(ctx.target), run.fold, id(ctx.defense), ctx.seed, ctx.features)
-        if self._deployed is None or self._deployed[0] != key:
+        if self._deployed is None or self._deployed.key != key:
             self._deployed = None  # free the previous fold's T first
             target = run.train_target(self.target, ctx.features, ctx.defense,
                                       self.noise_layer())
-            self._deployed = (key, ctx.target, target, ctx.defense.training_privacy())
-        return self._deployed[2:]
+            self._deployed = _Deployed(key, ctx.target, target, ctx.defense.training_privacy())
+        return self._deployed.target, self._deployed.privacy
 
 
 class FoldSides:

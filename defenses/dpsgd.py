@@ -42,11 +42,6 @@ from serbench.defenses.udp import check_dp_parameters, udp_epsilon, udp_noise_mu
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
-# Opacus' hooks on a model's first layer fire although its input needs no gradient; PyTorch's
-# warning about that is expected under DP-SGD and tells the user nothing.
-warnings.filterwarnings("ignore", "Full backward hook is firing when gradients are computed "
-                        "with respect to module outputs", UserWarning)
-
 
 class _ClipPerExample(torch.autograd.Function):
     """Identity forward. Backward: Opacus' first ghost-clipping pass on the model below (its
@@ -181,6 +176,10 @@ class DPSGD(Defense):
             z = get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
                                      sample_rate=1 / len(loader), epochs=epochs,
                                      accountant="rdp")
+        # Opacus' hooks on the first layer fire in the trainer's backward passes although the
+        # input needs no gradient; PyTorch's warning about that says nothing to the user.
+        warnings.filterwarnings("ignore", "Full backward hook is firing when gradients are "
+                                "computed with respect to module outputs", UserWarning)
         engine = PrivacyEngine(accountant="rdp")
         gsm, optimizer, _, loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
