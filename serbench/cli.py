@@ -103,7 +103,9 @@ def eval_cmd(
         raise SerbenchError(f"--param sweeps one parameter at a time; got {', '.join(swept)}")
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    # Off a terminal (a pipe, a CI log) rich cannot redraw bars; it would only leave a blank line.
+    with Progress(*columns, console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as progress:
         reporter = RichReporter(progress)
         if swept:
             from serbench.runner import build_plugins, default_out
