@@ -1,0 +1,231 @@
+"""Every statistic serbench reports, computed in one place from predictions (SPEC §6).
+
+Attacks return predictions (``task``, ``group``, ``speaker``, ``y_true``, ``y_pred`` and, for
+leakage, the attacker's ``score`` for class 1) and declare what each measure is
+(:class:`Role`). This module turns them into per-fold metrics, pooled UAR and accuracy, chance
+and majority levels, speaker-cluster bootstrap CIs, ROC AUC and TPR at low FPR, and the worst
+case a headline reports. The terminal report, ``summary.json``, the analyses and the
+leaderboard all call it; none computes a statistic itself.
+
+Why speakers: gender is a property of the speaker, so the utterances (or updates) of one speaker
+are not independent draws. The CI resamples speakers with all their rows; on a 6-speaker target
+the utterance bootstrap was about 6x too narrow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
+
+#: Two-sided level of every CI.
+LEVEL = 0.95
+#: Bootstrap resamples of a CI (vectorised: a few milliseconds per measure).
+RESAMPLES = 2000
+#: False-positive rates at which the true-positive rate of a leakage attack is reported.
+LOW_FPRS = (0.01, 0.10)
+SPEAKER_CI = "speaker bootstrap"
+UTTERANCE_CI = "utterance bootstrap"
+
+
+class Role(StrEnum):
+    """What a measure says about the defense, and so which direction is worse for it."""
+
+    UTILITY = "utility"  #: clean emotion UAR of the deployed model
+    LEAKAGE = "leakage"  #: the attacker's gender UAR: higher is worse
+    ROBUST = "robust"  #: emotion UAR under an adversarial attack: lower is worse
+    UNSCORED = "unscored"  #: reported, never scored (e.g. a randomised defense without EOT)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One reported measure: a task and a group of predictions, with its declared role."""
+
+    task: str
+    group: str
+    role: Role
+
+    @property
+    def name(self) -> str:
+        return measure_name(self.task, self.group)
+
+    @property
+    def higher_is_worse(self) -> bool:
+        return self.role is Role.LEAKAGE
+
+
+def measure_name(task: str, group: str) -> str:
+    """``task@group``, or ``task`` for the ungrouped (clean) measure."""
+    return f"{task}@{group}" if group else task
+
+
+def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Unweighted average recall over the classes present in ``y_true``."""
+    return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def _quantiles(scores: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.nanquantile(scores, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def utterance_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, *, resamples: int = 1000,
+                        seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile CI of the UAR resampling single predictions. Kept only to score entries made
+    before predictions carried speakers (their stored CIs were computed this way); too narrow
+    wherever predictions cluster by speaker."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(resamples, len(y_true)))
+    t, p = y_true[idx], y_pred[idx]
+    recalls = []
+    for c in np.unique(y_true):
+        support = (t == c).sum(1)
+        hits = ((t == c) & (p == c)).sum(1)
+        recalls.append(np.where(support > 0, hits / np.maximum(support, 1), np.nan))
+    return _quantiles(np.nanmean(np.stack(recalls), axis=0), level)
+
+
+def speaker_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, speakers: np.ndarray, *,
+                      resamples: int = RESAMPLES, seed: int = 0,
+                      level: float = LEVEL) -> tuple[float, float]:
+    """Percentile CI of the UAR resampling speakers with all their rows (cluster bootstrap).
+
+    Where every speaker holds one class (gender), speakers are resampled within their class,
+    so each resample keeps the target's design (its numbers of female and male speakers)
+    and UAR stays defined. Vectorised: a resample is a vector of speaker counts, and its
+    per-class hits and supports are that vector times per-speaker tables.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    spk_codes, spk = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
+    classes, cls = np.unique(y_true, return_inverse=True)
+    n_spk, n_cls = len(spk_codes), len(classes)
+    support = np.zeros((n_spk, n_cls))
+    hits = np.zeros((n_spk, n_cls))
+    np.add.at(support, (spk, cls), 1)
+    np.add.at(hits, (spk, cls), (y_true == y_pred).astype(float))
+    single = (support > 0).sum(1) == 1
+    strata = (support.argmax(1) if single.all() else np.zeros(n_spk, dtype=int))
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, n_spk))
+    rows = np.arange(resamples)[:, None]
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        draws = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+        np.add.at(counts, (np.broadcast_to(rows, draws.shape), draws), 1)
+    sup, hit = counts @ support, counts @ hits
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(sup > 0, hit / sup, np.nan)
+        scores = np.nanmean(recall, axis=1)
+    return _quantiles(scores, level)
+
+
+def roc_summary(y_true: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """ROC AUC and the TPR at each of :data:`LOW_FPRS` (the largest TPR whose FPR does not
+    exceed it): averages hide high-confidence breaches (SPEC §6)."""
+    fpr, tpr, _ = roc_curve(y_true, score)
+    out = {"auc": float(roc_auc_score(y_true, score))}
+    for target in LOW_FPRS:
+        out[f"tpr_at_{target:g}_fpr"] = float(tpr[fpr <= target].max())
+    return out
+
+
+def _has_speakers(frame: pd.DataFrame) -> bool:
+    return "speaker" in frame and frame["speaker"].notna().all() and (frame["speaker"] != "").all()
+
+
+def _has_scores(frame: pd.DataFrame) -> bool:
+    return "score" in frame and pd.to_numeric(frame["score"], errors="coerce").notna().all()
+
+
+def ci(frame: pd.DataFrame, seed: int, level: float = LEVEL,
+       resamples: int = RESAMPLES) -> tuple[float, float, str]:
+    """The CI of one measure's pooled UAR and the method used: over speakers when the rows
+    name them, else (legacy entries only) over predictions."""
+    y_true, y_pred = frame["y_true"].to_numpy(), frame["y_pred"].to_numpy()
+    if _has_speakers(frame):
+        return (*speaker_bootstrap(y_true, y_pred, frame["speaker"].to_numpy(), seed=seed,
+                                   level=level, resamples=resamples), SPEAKER_CI)
+    return (*utterance_bootstrap(y_true, y_pred, seed=seed, level=level), UTTERANCE_CI)
+
+
+def pooled(predictions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per (task, group): pooled UAR with its CI and CI method, accuracy, majority-class rate,
+    chance UAR, row and speaker counts, and for binary scored measures AUC and TPR@FPR."""
+    rows = []
+    for (task, group), frame in predictions.groupby(["task", "group"], sort=False):
+        y_true, y_pred = frame["y_true"].to_numpy(), frame["y_pred"].to_numpy()
+        lo, hi, method = ci(frame, seed)
+        row: dict[str, Any] = {
+            "task": task, "group": group, "n": len(frame),
+            "speakers": int(frame["speaker"].nunique()) if _has_speakers(frame) else None,
+            "uar": uar(y_true, y_pred), "ci_low": lo, "ci_high": hi, "ci_method": method,
+            "acc": float(accuracy_score(y_true, y_pred)),
+            "majority": float(np.bincount(y_true).max() / len(y_true)),
+            "chance_uar": 1.0 / len(np.unique(y_true))}
+        if _has_scores(frame) and len(np.unique(y_true)) == 2:
+            row |= roc_summary(y_true, frame["score"].astype(float).to_numpy())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def measure_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    """``<measure>.uar`` and ``<measure>.acc`` of one fold's predictions, in the order the
+    attack reported its measures.
+
+    A measure whose fold holds one class only (a fold of one gender's speakers) gets no UAR
+    here: it would be that class's recall, not a balanced score. Its rows still count in the
+    pooled UAR."""
+    metrics: dict[str, float] = {}
+    for (task, group), rows in predictions.groupby(["task", "group"], sort=False):
+        name = measure_name(task, group)
+        y_true, y_pred = rows["y_true"].to_numpy(), rows["y_pred"].to_numpy()
+        if len(np.unique(y_true)) > 1:
+            metrics[f"{name}.uar"] = uar(y_true, y_pred)
+        metrics[f"{name}.acc"] = float(accuracy_score(y_true, y_pred))
+    return metrics
+
+
+def spread(per_fold: Iterable[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``{metric: {"mean", "std", "folds"}}`` over the folds (and seeds) that define it
+    (population std)."""
+    frame = pd.DataFrame(list(per_fold))
+    return {k: {"mean": float(frame[k].mean()), "std": float(frame[k].std(ddof=0)),
+                "folds": int(frame[k].notna().sum())} for k in frame.columns}
+
+
+@dataclass(frozen=True)
+class Worst:
+    """The worst case over several measures, with a CI that accounts for the choice."""
+
+    mode: str
+    measure: str
+    uar: float
+    ci_low: float
+    ci_high: float
+    level: float
+    candidates: int
+
+
+def worst_case(cells: dict[tuple[str, str], pd.DataFrame], role: Role,
+               seed: int = 0) -> Worst | None:
+    """The worst pooled UAR for the defense over ``cells`` ((mode, measure) -> predictions) of
+    one ``role``, with a Bonferroni-widened CI: the maximum of k noisy measures is biased
+    upwards, so its CI is taken at level 1 - (1 - LEVEL)/k. On a null corpus the headline's
+    CI then still covers chance (SPEC §8)."""
+    scored = {key: frame for key, frame in cells.items() if len(frame)}
+    if not scored:
+        return None
+    values = {key: uar(f["y_true"].to_numpy(), f["y_pred"].to_numpy())
+              for key, f in scored.items()}
+    pick = max if role is Role.LEAKAGE else min
+    key = pick(values, key=values.get)
+    k = len(values)
+    level = 1 - (1 - LEVEL) / k
+    resamples = max(RESAMPLES, int(np.ceil(40 / (1 - level))))
+    lo, hi, _ = ci(scored[key], seed, level=level, resamples=resamples)
+    return Worst(key[0], key[1], values[key], lo, hi, level, k)
