@@ -24,14 +24,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from serbench.attacks.target import DeploysTarget, FoldSides, stable_seed
-from serbench.context import EvalContext, FoldResult
+from serbench.context import EvalContext
+from serbench.results import FoldResult
 from serbench.defenses.adv import linf_perturb
 from serbench.errors import SerbenchError, unknown_name
 from serbench.fl.engine import single_thread
-from serbench.metrics import classification_metrics, emotion_labels
+from serbench.metrics import emotion_labels
 from serbench.models.targets import FAMILIES, SIZES
 from serbench.models.train import predict_proba
 from serbench.plugins import Attack, Defense, Surface
+from serbench.scoring import Role
 
 
 def randomises_input(defense: Defense) -> bool:
@@ -105,6 +107,14 @@ class InputAttack(DeploysTarget, Attack, ABC):
         scored = self.averages_randomness or not randomises_input(defense)
         return f"{'robust' if scored else 'unscored'}/{self.name}"
 
+    def role(self, task: str, group: str) -> Role:
+        """Robust UAR (lower is worse) under this attack; "unscored/" rows are reported only."""
+        if task == "emotion" and group.startswith("robust/"):
+            return Role.ROBUST
+        if task == "emotion" and group.startswith("unscored/"):
+            return Role.UNSCORED
+        return super().role(task, group)
+
     def fit(self, ctx: EvalContext) -> None:
         """Nothing to learn before the folds (white-box: T is the attacker's model); say once
         which number a randomised defense is scored by."""
@@ -157,9 +167,7 @@ class InputAttack(DeploysTarget, Attack, ABC):
         preds = pd.concat([pd.DataFrame({"task": "emotion", "group": g, "y_true": y,
                                          "y_pred": p, **info})
                            for g, p in (("", clean), (group, robust))], ignore_index=True)
-        metrics = (classification_metrics("emotion", y, clean)
-                   | classification_metrics(f"emotion@{group}", y, robust))
-        return FoldResult(metrics, preds,
+        return FoldResult(preds,
                           privacy | {"linf": float((attacked - inputs).abs().max())})
 
 

@@ -17,12 +17,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from serbench.context import CorpusData, EvalContext, FoldResult
+from serbench.context import CorpusData, EvalContext
+from serbench.results import FoldResult
 from serbench.errors import SerbenchError
 from serbench.fl.clients import make_clients
 from serbench.fl import get_engine
 from serbench.fl.engine import FLConfig, FLRun, UpdateLog, init_params, predict
-from serbench.metrics import classification_metrics, uar, emotion_classes, emotion_labels
+from serbench.metrics import emotion_classes, emotion_labels
+from serbench.scoring import uar
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Attack, Surface
@@ -81,7 +83,10 @@ class LinearUpdateModel(nn.Module):
         return self
 
     def forward(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.clf.predict_log_proba(self._flat(weight, bias)))
+        """Logits (0, d) whose softmax is the model's probabilities: unlike its log-probabilities
+        they stay finite (and warning-free) for confidently classified updates."""
+        d = torch.as_tensor(self.clf.decision_function(self._flat(weight, bias)))
+        return torch.stack([torch.zeros_like(d), d], dim=1)
 
 
 def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
@@ -278,21 +283,23 @@ class FLInferenceAttack(Attack):
         y_test = emotion_labels(table["emotion"].iloc[test], emotion_classes(table["emotion"]))
         y_pred = predict(run.params, torch.as_tensor(x_test, dtype=torch.float32),
                          self.fl_config(ctx))
-        metrics = classification_metrics("emotion", y_test, y_pred)
-        rows = [pd.DataFrame({"task": "emotion", "group": "", "y_true": y_test, "y_pred": y_pred})]
+        speakers = table["speaker"].iloc[test].to_numpy()
+        rows = [pd.DataFrame({"task": "emotion", "group": "", "speaker": speakers,
+                              "y_true": y_test, "y_pred": y_pred})]
+        speaker_of = dict(zip(run.log.clients, run.log.speakers))
         averaged = target.averaged  # shared by the modes, like the run
         for n in self.averaging_sizes():
             if n not in averaged:
                 averaged[n] = average_updates(run.log, self.recorded, n)
             inputs, genders, owners = averaged[n]
-            pred = predict_proba(fitted.model, _normalise(inputs, fitted.stats)).argmax(1).numpy()
-            group = f"n={n or 'all'}"
-            metrics |= classification_metrics(f"gender@{group}", genders, pred)
-            rows.append(pd.DataFrame({"task": "gender", "group": group, "y_true": genders,
-                                      "y_pred": pred, "client": owners}))
+            proba = predict_proba(fitted.model, _normalise(inputs, fitted.stats)).numpy()
+            rows.append(pd.DataFrame({"task": "gender", "group": f"n={n or 'all'}",
+                                      "speaker": [speaker_of[o] for o in owners],
+                                      "y_true": genders, "y_pred": proba.argmax(1),
+                                      "score": proba[:, 1], "client": owners}))
         extras = ctx.defense.privacy(rounds=self.rounds, sample_rate=target.sample_rate) | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
-        return FoldResult(metrics, pd.concat(rows, ignore_index=True), extras)
+        return FoldResult(pd.concat(rows, ignore_index=True), extras)
 
 
 def _normalise(tensors: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]

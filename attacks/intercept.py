@@ -26,11 +26,12 @@ from torch import nn
 
 from serbench.analyses import write_analysis
 from serbench.attacks.target import DeploysTarget, FoldSides, Target, stable_seed
-from serbench.context import EvalContext, FoldResult
+from serbench.context import EvalContext
+from serbench.results import FoldResult
 from serbench.corpora.base import GENDERS
 from serbench.errors import SerbenchError, unknown_name
 from serbench.fl.engine import single_thread
-from serbench.metrics import classification_metrics, emotion_labels
+from serbench.metrics import emotion_labels
 from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, build, \
     check_layer, default_layer, readable_layers
 from serbench.models.train import fit_classifier, predict_proba
@@ -107,11 +108,12 @@ class _Fit(NamedTuple):
                               weight_decay=1e-4, seed=self.seed, defense=self.defense)
 
     def predict(self) -> np.ndarray:
+        """The attacker's gender probabilities (rows: test utterances; columns: codes)."""
         torch.set_num_threads(1)  # a worker process does not inherit the setting
         proba = predict_proba(self.train(), [self.test])
         if self.n_gender:
             proba = proba.view(len(proba), self.n_gender, -1).sum(2)
-        return proba.argmax(1).numpy()
+        return proba.numpy()
 
 
 def _workers(requested: int) -> int:
@@ -213,12 +215,9 @@ class InterceptAttack(DeploysTarget, Attack):
             target, privacy = self.deployed(run)
             main = run.leakage(target, self.k, self.jobs(self.scenarios))
             preds = run.frame(main)
-            metrics = classification_metrics("emotion", *run.emotion(main))
-            for group, rows in preds[preds["task"] == "gender"].groupby("group", sort=False):
-                metrics |= classification_metrics(f"gender@{group}", rows["y_true"], rows["y_pred"])
             if self.analyses:
                 self.write_analyses(ctx, fold, run, target, main, preds)
-        return FoldResult(metrics, preds, privacy)
+        return FoldResult(preds, privacy)
 
     def write_analyses(self, ctx: EvalContext, fold: int, run: _FoldRun, target: Target,
                        main: _Leakage, preds: pd.DataFrame) -> None:
@@ -256,8 +255,8 @@ class InterceptAttack(DeploysTarget, Attack):
 
 
 class _Leakage(NamedTuple):
-    """One attacked layer: gender predictions per (scenario, attacker), and T's emotion
-    predictions from the same (defended) transmission."""
+    """One attacked layer: gender probabilities per (scenario, attacker),
+    and T's emotion predictions from the same (defended) transmission."""
 
     gender: dict[tuple[str, str], np.ndarray]
     emotion: np.ndarray
@@ -319,14 +318,14 @@ class _FoldRun(FoldSides):
         gender = dict(known.gender) if known is not None else {}
         description = f"fold {self.fold}: {len(fits)} attackers on {target.net.family} {layer}"
         with self.ctx.reporter.track(description, len(fits)) as advance:
-            for job, pred in zip(todo, self.map(fits)):
-                gender[job] = pred
+            for job, proba in zip(todo, self.map(fits)):
+                gender[job] = proba
                 advance(1)
         emotion = predict_proba(target.net.after(layer), [h["test"]]).argmax(1).numpy()
         return _Leakage(gender, emotion)
 
     def map(self, fits: list[_Fit]) -> Iterator[np.ndarray]:
-        """Each fit's test predictions, in order, from worker processes. forkserver, not fork:
+        """Each fit's test probabilities, in order, from worker processes. forkserver, not fork:
         forking after torch has started its thread pools deadlocked (seen in CI)."""
         workers = min(_workers(self.attack.workers), len(fits))
         if workers < 2:
@@ -351,7 +350,8 @@ class _FoldRun(FoldSides):
                                "y_pred": y_pred, **info})]
         gender = table["gender"].map(GENDERS.index).to_numpy()
         for scenario, attacker in jobs or result.gender:
+            proba = result.gender[(scenario, attacker)]
             parts.append(pd.DataFrame({"task": "gender", "group": f"{scenario}/{attacker}",
-                                       "y_true": gender,
-                                       "y_pred": result.gender[(scenario, attacker)], **info}))
+                                       "y_true": gender, "y_pred": proba.argmax(1),
+                                       "score": proba[:, 1], **info}))
         return pd.concat(parts, ignore_index=True)

@@ -12,28 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score
-
-from serbench.metrics import bootstrap_ci, uar
+from serbench.scoring import measure_metrics, pooled, spread
 from serbench.results import write_csv
 
 
 def leakage_table(predictions: pd.DataFrame, keys: Sequence[str], seed: int = 0) -> pd.DataFrame:
-    """Per combination of ``keys``: UAR mean ± std over folds, pooled UAR with its 95% bootstrap
-    CI, accuracy and chance, like the run's main report. Needs ``fold``, ``y_true``, ``y_pred``.
-    Per-fold UARs of a fold holding one class only are that class's recall: read the pooled UAR.
-    """
+    """Per combination of ``keys``: :func:`serbench.scoring.pooled`'s statistics (pooled UAR,
+    speaker-level CI, AUC, ...) and the UAR mean ± std over the folds that hold both classes,
+    like the run's main report. Needs ``fold``, ``y_true``, ``y_pred`` (and ``speaker``)."""
     rows = []
     for values, frame in predictions.groupby(list(keys), sort=False):
-        y_true, y_pred = frame["y_true"].to_numpy(), frame["y_pred"].to_numpy()
-        per_fold = [uar(f["y_true"].to_numpy(), f["y_pred"].to_numpy())
-                    for _, f in frame.groupby("fold")]
-        lo, hi = bootstrap_ci(y_true, y_pred, seed=seed)
-        rows.append({**dict(zip(keys, values if isinstance(values, tuple) else (values,))),
-                     "n": len(frame), "folds": len(per_fold), "uar_mean": float(np.mean(per_fold)),
-                     "uar_std": float(np.std(per_fold)), "uar_pooled": uar(y_true, y_pred),
-                     "ci_low": lo, "ci_high": hi, "acc": float(accuracy_score(y_true, y_pred)),
-                     "chance_uar": 1.0 / len(np.unique(y_true))})
+        values = values if isinstance(values, tuple) else (values,)
+        stats = pooled(frame.assign(task="", group=""), seed).iloc[0].to_dict()
+        per_fold = spread(measure_metrics(f.assign(task="", group="")) for _, f in
+                          frame.groupby("fold")).get(".uar", {"mean": np.nan, "std": np.nan,
+                                                              "folds": 0})
+        rows.append({**dict(zip(keys, values)), "n": stats["n"], "speakers": stats["speakers"],
+                     "folds": per_fold["folds"], "uar_mean": per_fold["mean"],
+                     "uar_std": per_fold["std"], "uar_pooled": stats["uar"],
+                     "ci_low": stats["ci_low"], "ci_high": stats["ci_high"],
+                     "acc": stats["acc"], "chance_uar": stats["chance_uar"],
+                     **{k: stats[k] for k in ("auc", "tpr_at_0.01_fpr", "tpr_at_0.1_fpr")
+                        if k in stats}})
     return pd.DataFrame(rows)
 
 
@@ -62,7 +62,7 @@ def plot_leakage(table: pd.DataFrame, x: str, series: str, path: Path, *, title:
     ax.set_xticks(range(len(xs)), labels, rotation=25 if tilt else 0,
                   ha="right" if tilt else "center")
     ax.set_xlabel(x)
-    ax.set_ylabel("UAR (pooled, 95% CI)")
+    ax.set_ylabel("UAR (pooled, 95% CI over speakers)")
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()

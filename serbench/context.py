@@ -1,4 +1,4 @@
-"""What an attack is given (:class:`EvalContext`) and what it returns (:class:`FoldResult`)."""
+"""What an attack is given: :class:`EvalContext` (it returns a :class:`serbench.results.FoldResult`)."""
 
 from __future__ import annotations
 
@@ -56,16 +56,3 @@ class EvalContext:
     engine: str = "inprocess"
     #: The run directory, for attacks that write tables and plots beside the results.
     out_dir: Path | None = None
-
-
-@dataclass
-class FoldResult:
-    """Per-fold scalar metrics and the predictions behind them.
-
-    ``predictions`` has columns ``task`` (e.g. "emotion", "gender"), ``group`` (e.g. "n=1"),
-    ``y_true`` and ``y_pred``; pooled over folds they give the bootstrap CIs.
-    """
-
-    metrics: dict[str, float]
-    predictions: pd.DataFrame
-    extras: dict[str, float] = field(default_factory=dict)

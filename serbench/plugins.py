@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader
 
 from serbench.errors import SerbenchError
 from serbench.params import coerce
+from serbench.scoring import Role
 
 if TYPE_CHECKING:
-    from serbench.context import EvalContext, FoldResult
+    from serbench.context import EvalContext
+    from serbench.results import FoldResult
 
 
 class Surface(StrEnum):
@@ -151,5 +153,15 @@ class Attack(Plugin, ABC):
 
     @abstractmethod
     def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
-        """Train the target without ``fold``'s speakers, attack it, score it."""
+        """Train the target without ``fold``'s speakers, attack it, return its predictions."""
+
+    def role(self, task: str, group: str) -> Role:
+        """What the measure ``task@group`` of this attack's predictions says (SPEC §6): the
+        target's clean emotion UAR is utility, gender predictions are leakage. Attacks with
+        other measures (robust UAR) declare them here; scoring never guesses from names."""
+        if task == "gender":
+            return Role.LEAKAGE
+        if task == "emotion" and not group:
+            return Role.UTILITY
+        raise NotImplementedError(f"{self.name}: declare the role of measure {task}@{group}")
 

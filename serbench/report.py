@@ -1,73 +1,156 @@
-"""The terminal report: per-fold rows, mean ± std, pooled UAR with its 95% CI, chance levels."""
+"""The run report: one row per measure (pooled UAR, speaker-level CI, speaker count, mean ± std
+over folds, AUC and TPR at low FPR), then the per-fold UARs, in the terminal and as
+``report.md`` in the run directory.
+
+Every cell is a short fixed-width number and the tables fit 80 columns, so a report piped to a
+file or read in a CI log shows every number in full; long measure names wrap, numbers never do.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from serbench.runner import ModeResult, RunResult
+from serbench.results import atomic_write_text
+from serbench.scoring import LEVEL, LOW_FPRS, RESAMPLES, Role, measure_name
+
+if TYPE_CHECKING:
+    from serbench.runner import ModeResult, RunResult
+
+DASH = "–"
 
 
-def _metric_columns(mode: ModeResult) -> list[str]:
-    return list(next(iter(mode.folds.values())).metrics)
+def _num(value: float | None, digits: int = 2) -> str:
+    return DASH if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}f}"
 
 
-def _label(metric: str) -> str:
-    task, _, stat = metric.rpartition(".")
-    return f"{task.replace('@', ' ')} {stat.upper()}"
+def _label(name: str) -> str:
+    return name.replace("@", " ")
 
 
-def mode_table(mode: ModeResult, title: str) -> Table:
-    """Metrics as rows, folds as columns, so the table stays narrow whatever the attack."""
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("metric", no_wrap=True)
-    for fold in mode.folds:
-        table.add_column(f"fold {fold}", justify="right")
-    for name in ("mean±std", "95% CI", "chance"):
-        table.add_column(name, justify="right")
-    pooled = {(r.task if not r.group else f"{r.task}@{r.group}"): r
-              for r in mode.pooled.itertuples()}
-    for metric in _metric_columns(mode):
-        task, _, stat = metric.rpartition(".")
-        row = pooled.get(task)
-        ci = f"{row.ci_low:.2f}–{row.ci_high:.2f}" if row is not None and stat == "uar" else ""
-        chance = "" if row is None else (f"{row.chance_uar:.2f}" if stat == "uar"
-                                         else f"{row.majority:.2f}*")
-        summary = mode.summary[metric]
-        table.add_row(_label(metric), *(f"{r.metrics[metric]:.2f}" for r in mode.folds.values()),
-                      f"{summary['mean']:.3f}±{summary['std']:.3f}", ci, chance,
-                      style="bold" if stat == "uar" else "dim")
+@dataclass
+class _Grid:
+    """A table as plain strings: rendered by rich for the terminal and as Markdown."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def _summary_grid(mode: ModeResult) -> _Grid:
+    header = ["measure", "UAR", f"{LEVEL:.0%} CI", "spk", "mean±std", "AUC",
+              *(f"TPR@{f:.0%}" for f in LOW_FPRS)]
+    rows = []
+    for row in mode.pooled.to_dict(orient="records"):
+        name = measure_name(row["task"], row["group"])
+        fold = mode.summary.get(f"{name}.uar")
+        spread = DASH if fold is None else f"{_num(fold['mean'])}±{_num(fold['std'])}"
+        speakers = row.get("speakers")
+        rows.append([_label(name), _num(row["uar"], 3),
+                     f"{_num(row['ci_low'])}–{_num(row['ci_high'])}",
+                     DASH if speakers is None or pd.isna(speakers) else str(int(speakers)),
+                     spread, _num(row.get("auc")),
+                     *(_num(row.get(f"tpr_at_{f:g}_fpr")) for f in LOW_FPRS)])
+    return _Grid(f"{mode.mode} attacker", header, rows)
+
+
+def _fold_grid(mode: ModeResult) -> _Grid:
+    folds = list(mode.folds)
+    names = [measure_name(t, g) for t, g in mode.pooled[["task", "group"]].itertuples(index=False)]
+    rows = [[_label(name), *(_num(mode.folds[f].metrics.get(f"{name}.uar")) for f in folds)]
+            for name in names]
+    return _Grid(f"{mode.mode}: UAR per fold", ["measure", *(f"fold {f}" for f in folds)], rows)
+
+
+def _grids(result: RunResult) -> Iterator[_Grid]:
+    for mode in result.modes:
+        yield _summary_grid(mode)
+        yield _fold_grid(mode)
+
+
+def _title(result: RunResult) -> str:
+    cfg = result.config
+    return (f"{cfg['attack']} vs {cfg['defense']} on {cfg['dataset']} ({cfg['features']} "
+            f"features, shadow: {cfg['shadow']}, seed {cfg['seed']}, {len(cfg['folds'])} folds)")
+
+
+def _notes(result: RunResult) -> list[str]:
+    methods = sorted({m for mode in result.modes for m in mode.pooled["ci_method"]})
+    chance = {}
+    for mode in result.modes:
+        for row in mode.pooled.itertuples():
+            if result.roles[measure_name(row.task, row.group)] is not Role.UNSCORED:
+                chance.setdefault(row.task, row.chance_uar)
+    notes = []
+    worst = result.worst()
+    if worst is not None:
+        notes.append(f"worst case: {_label(worst.measure)} ({worst.mode}) UAR {worst.uar:.3f}, "
+                     f"{worst.level:.2%} CI {worst.ci_low:.2f}–{worst.ci_high:.2f} "
+                     f"(Bonferroni over the {worst.candidates} measures it was chosen from)")
+    for name, value in result.modes[0].extras.items():
+        notes.append(f"{name} = {value:.4g}")
+    notes.append(f"{LEVEL:.0%} CI: {' / '.join(methods)} ({RESAMPLES} resamples of the target's "
+                 f"speakers with all their rows, within gender for gender measures); "
+                 f"spk: target speakers; mean±std over folds holding both classes")
+    notes.append("chance UAR: " + ", ".join(f"{t} {v:.2f}" for t, v in chance.items())
+                 + "; AUC, TPR@FPR: from the attacker's scores (SPEC §6)")
+    return notes
+
+
+def _rich(grid: _Grid) -> Table:
+    table = Table(title=grid.title, title_justify="left", box=box.SIMPLE_HEAD,
+                  header_style="bold", pad_edge=False)
+    table.add_column(grid.header[0], overflow="fold", ratio=1)
+    for name in grid.header[1:]:
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in grid.rows:
+        table.add_row(*row)
     return table
 
 
 def print_report(result: RunResult, console: Console) -> None:
-    cfg = result.config
-    console.print(f"[bold]{cfg['attack']}[/] vs [bold]{cfg['defense']}[/] on "
-                  f"[bold]{cfg['dataset']}[/] ({cfg['features']} features, shadow: "
-                  f"{cfg['shadow']}, seed {cfg['seed']}, {len(cfg['folds'])} folds)")
-    for mode in result.modes:
-        console.print(mode_table(mode, f"{mode.mode} attacker"))
-        if mode.extras:
-            console.print("  " + ", ".join(f"{k} = {v:.3g}" for k, v in mode.extras.items()))
-    if len(result.modes) > 1:
-        headline = result.headline()
-        console.print("headline (stronger attack mode): " + ", ".join(
-            f"{_label(k)} {v:.3f}" for k, v in headline.items() if k.endswith(".uar")))
-    console.print("95% CI: bootstrap over pooled predictions; chance: UAR of a constant guess, "
-                  "* majority-class rate for accuracy", style="dim")
-    console.print(f"results: {result.path}")
+    """The run's tables in the terminal (the same as ``report.md``)."""
+    console.print(_title(result), style="bold", highlight=False)
+    for grid in _grids(result):
+        console.print(_rich(grid))
+    for note in _notes(result):
+        console.print(note, style="dim", highlight=False)
+    console.print(f"results: {result.path}", highlight=False)
 
 
-def print_sweep(frame, out, console: Console) -> None:
+def markdown(result: RunResult) -> str:
+    """The report as Markdown (``report.md``)."""
+    lines = [f"# {_title(result)}", ""]
+    for grid in _grids(result):
+        lines += [f"## {grid.title}", "", "| " + " | ".join(grid.header) + " |",
+                  "|" + "|".join(["---", *["---:"] * (len(grid.header) - 1)]) + "|",
+                  *("| " + " | ".join(row) + " |" for row in grid.rows), ""]
+    lines += [f"- {note}" for note in _notes(result)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: RunResult) -> None:
+    atomic_write_text(result.path / "report.md", markdown(result))
+
+
+def print_sweep(frame: pd.DataFrame, out, console: Console) -> None:
     """The sweep's utility-vs-leakage table (one row per setting)."""
-    table = Table(title="utility vs leakage (leakage: stronger attack mode)", title_justify="left")
+    table = Table(title="utility vs leakage (leakage: stronger attack mode)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     columns = [c for c in frame.columns if c not in ("setting", "defense")]
-    table.add_column("setting", no_wrap=True)
+    table.add_column("setting", overflow="fold")
     for c in columns:
-        table.add_column(_label(c) if c.endswith(".uar") else c, justify="right")
+        table.add_column(_label(c.removesuffix(".uar")), justify="right", overflow="fold")
     for values in frame.to_dict(orient="records"):
         table.add_row(values["setting"], *(f"{values[c]:.3g}" if pd.notna(values[c]) else ""
                                            for c in columns))
     console.print(table)
-    console.print(f"results: {out}/sweep.csv, plot: {out}/sweep.png")
+    console.print(f"results: {out}/sweep.csv, plot: {out}/sweep.png", highlight=False)

@@ -18,8 +18,10 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,8 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-from serbench.context import FoldResult
 from serbench.errors import SerbenchError
+from serbench.scoring import measure_metrics
 
 PACKAGES = ("serbench", "torch", "numpy", "scipy", "pandas", "scikit-learn", "opensmile",
             "soundfile", "opacus", "flwr", "typer", "rich")
@@ -62,6 +64,25 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
+@dataclass
+class FoldResult:
+    """One fold's predictions, and numbers the attack reports beside them (e.g. ε).
+
+    ``predictions`` has columns ``task`` (e.g. "emotion", "gender"), ``group`` (e.g. "n=1"),
+    ``speaker`` (whose utterance or update it is: CIs resample speakers), ``y_true``,
+    ``y_pred`` and, for leakage, ``score`` (the attacker's probability of class 1, for AUC and
+    TPR at low FPR). Attacks compute no statistic: :mod:`serbench.scoring` does.
+    """
+
+    predictions: pd.DataFrame
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """This fold's UAR and accuracy per measure (:func:`serbench.scoring.measure_metrics`)."""
+        return measure_metrics(self.predictions)
+
+
 #: Lists the result files' hashes; written last, so a run with it is complete.
 CHECKSUMS = "SHA256SUMS"
 
@@ -90,14 +111,30 @@ def environment() -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
-    import torch
+    from serbench.threads import THREADS
 
     return {
         "python": sys.version.split()[0], "platform": platform.platform(),
         "machine": platform.machine(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "packages": versions,
+        "threads": THREADS, "packages": versions, **code_version(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def code_version() -> dict[str, Any]:
+    """The serbench commit a run used and whether the checkout had uncommitted changes
+    (``None`` outside a git checkout, e.g. an installed wheel: the version then says it)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode or status.returncode:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def _cpu_model() -> str:
@@ -114,20 +151,32 @@ class RunDir:
     """One evaluation's results; reopening it with the same configuration resumes it."""
 
     def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        self.path = path
+        self.path, self.config = path, config
         existing = path / "config.json"
         if existing.exists():
-            try:
-                previous = json.loads(existing.read_text())
-            except (OSError, json.JSONDecodeError):
-                raise SerbenchError(f"{existing}: unreadable run configuration") from None
-            if previous != json.loads(json.dumps(config, default=str)):
+            if self.read_config(path) != json.loads(json.dumps(config, default=str)):
                 raise SerbenchError(f"{path} holds a run with a different configuration; "
                                     f"choose another --out")
         elif path.exists() and any(path.iterdir()):
             raise SerbenchError(f"{path} exists and is not a serbench run directory; "
                                 f"choose another --out")
         write_json(existing, config)
+
+    @staticmethod
+    def read_config(path: Path) -> dict[str, Any]:
+        existing = path / "config.json"
+        try:
+            return json.loads(existing.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise SerbenchError(f"{existing}: missing or unreadable run configuration "
+                                f"(not a serbench run directory?)") from None
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An existing run directory, read only."""
+        run_dir = cls.__new__(cls)
+        run_dir.path, run_dir.config = path, cls.read_config(path)
+        return run_dir
 
     def _fold_path(self, mode: str, fold: int) -> Path:
         return self.path / "folds" / mode / f"fold-{fold}.json"
@@ -136,9 +185,16 @@ class RunDir:
         path = self._fold_path(mode, fold)
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        preds = pd.read_csv(path.with_suffix(".predictions.csv"), keep_default_na=False)
-        return FoldResult(data["metrics"], preds, data.get("extras", {}))
+        try:
+            data = json.loads(path.read_text())
+            preds = pd.read_csv(path.with_suffix(".predictions.csv"), keep_default_na=False,
+                                dtype={"speaker": str, "group": str, "client": str})
+            if "score" in preds:  # empty for rows without a score (emotion)
+                preds["score"] = pd.to_numeric(preds["score"], errors="coerce")
+        except (OSError, ValueError) as exc:
+            raise SerbenchError(f"{path}: unreadable fold result ({exc}); delete it to re-run "
+                                f"the fold") from None
+        return FoldResult(preds, data.get("extras", {}))
 
     def save_fold(self, mode: str, fold: int, result: FoldResult) -> None:
         path = self._fold_path(mode, fold)

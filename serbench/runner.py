@@ -10,16 +10,21 @@ from typing import Any
 
 import pandas as pd
 
-from serbench.context import EvalContext, FoldResult
+from serbench.context import EvalContext
+from serbench.results import FoldResult
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
 from serbench.fl import get_engine
-from serbench.metrics import pooled_summary, summarize
 from serbench.plugins import Attack, Defense
 from serbench.progress import NullReporter, Reporter
-from serbench.protocol import DISJOINT, NO_SHADOW, load_corpus, load_shadow, select_folds, split_disjoint
+from serbench.config import write_run_config
+from serbench.protocol import DISJOINT, NO_SHADOW, class_counts, gender_permutation, load_corpus, \
+    load_shadow, select_folds, split_disjoint
 from serbench.registry import load_plugin
-from serbench.results import RunDir, environment, write_csv, write_json
+from serbench.report import write_markdown
+from serbench.results import RunDir, environment, write_content_hash, write_csv, write_json
+from serbench.threads import fixed_threads
+from serbench.scoring import Role, Worst, measure_name, pooled, spread, worst_case
 
 
 @dataclass
@@ -45,9 +50,15 @@ class EvalConfig:
 class ModeResult:
     mode: str
     folds: dict[int, FoldResult]
+    #: ``{metric: {"mean", "std", "folds"}}`` over the folds that define each metric.
     summary: dict[str, dict[str, float]]
+    #: :func:`serbench.scoring.pooled`'s table: pooled UAR, speaker-level CI, AUC, ...
     pooled: pd.DataFrame
     extras: dict[str, float]
+
+    def predictions(self) -> pd.DataFrame:
+        return pd.concat([r.predictions.assign(fold=f) for f, r in self.folds.items()],
+                         ignore_index=True)
 
 
 @dataclass
@@ -55,6 +66,8 @@ class RunResult:
     path: Path
     config: dict[str, Any]
     modes: list[ModeResult]
+    #: The role the attack declared for each measure (``task@group`` -> utility, leakage, ...).
+    roles: dict[str, Role]
 
     def headline(self) -> dict[str, float]:
         """SPEC §5: utility, and per leakage (or robust utility) measure the stronger attack
@@ -62,16 +75,29 @@ class RunResult:
         out: dict[str, float] = {}
         for mode in self.modes:
             for row in mode.pooled.itertuples():
-                key = f"{row.task}@{row.group}.uar" if row.group else f"{row.task}.uar"
-                if row.task != "emotion":  # leakage: the stronger attacker's
+                name = measure_name(row.task, row.group)
+                key, role = f"{name}.uar", self.roles[name]
+                if role is Role.LEAKAGE:
                     out[key] = max(out.get(key, 0.0), row.uar)
-                elif row.group:  # robust utility under attack: the stronger attacker's
+                elif role is Role.ROBUST:
                     out[key] = min(out.get(key, 1.0), row.uar)
-                else:
+                elif role is Role.UTILITY:
                     out[key] = row.uar  # the target's training does not depend on the mode
             for name, value in mode.extras.items():
                 out.setdefault(name, value)
         return out
+
+    def worst(self) -> Worst | None:
+        """The worst case for the defense over modes and measures (leakage, or robust UAR
+        where the attack reports no leakage), its CI widened for the choice."""
+        for role in (Role.LEAKAGE, Role.ROBUST):
+            cells = {(m.mode, name): frame for m in self.modes
+                     for (task, group), frame in m.predictions().groupby(["task", "group"],
+                                                                       sort=False)
+                     if self.roles[name := measure_name(task, group)] is role}
+            if cells:
+                return worst_case(cells, role, self.config["seed"])
+        return None
 
 
 def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
@@ -93,10 +119,16 @@ def default_out(cfg: EvalConfig) -> Path:
 
 def run_eval(cfg: EvalConfig, out: Path | None = None,
              reporter: Reporter | None = None) -> RunResult:
-    reporter = reporter or NullReporter()
+    """Evaluate ``cfg`` into the run directory ``out`` (resumed if it holds this run), on a
+    fixed number of threads so the numbers do not depend on the machine."""
+    with fixed_threads():
+        return _run_eval(cfg, out, reporter or NullReporter())
+
+
+def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResult:
     attack, defense = build_plugins(cfg)
     features = cfg.features or attack.default_features
-    target = load_corpus(cfg.dataset, cfg.data_root, cfg.dataset_options, reporter)
+    target = load_corpus(cfg.dataset, cfg.data_root, cfg.dataset_options, reporter, cfg.seed)
     folds = select_folds(target.table, cfg.folds)
     # Extract everything up front: a corrupt file fails the run before any training.
     target.features(features)
@@ -112,8 +144,13 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
         "attack_params": attack.params(), "defense_params": defense.params(),
         "target_speakers": sorted(target.table["speaker"].unique()),
         "shadow_speakers": sorted(shadow.table["speaker"].unique()) if shadow else [],
+        "class_counts": {"target": class_counts(target.table),
+                         "shadow": class_counts(shadow.table) if shadow else {}},
     }
+    if (permuted := gender_permutation(target.table, *([shadow.table] if shadow else []))):
+        resolved["gender_permutation"] = permuted
     run_dir = RunDir(out or default_out(cfg), resolved)
+    write_run_config(run_dir.path / "config.toml", resolved)  # `eval --config` re-runs it
     env = environment()
     # A defense that acts on no surface gives identical modes: run it once.
     modes = ["non-adaptive", "adaptive"] if defense.surfaces else ["non-adaptive"]
@@ -133,23 +170,45 @@ def run_eval(cfg: EvalConfig, out: Path | None = None,
                 done[mode][fold] = attack.evaluate_fold(ctx, fold)
                 run_dir.save_fold(mode, fold, done[mode][fold])
             reporter.log(f"{mode} fold {fold} done")
-    results = [_mode_result(mode, done[mode], cfg.seed) for mode in modes]
-    result = RunResult(run_dir.path, resolved, results)
+    result = _result(run_dir.path, resolved, attack, done)
     _write_outputs(result, env)
+    return result
+
+
+def _result(path: Path, config: dict[str, Any], attack: Attack,
+            done: dict[str, dict[int, FoldResult | None]]) -> RunResult:
+    """The run's results, scored from the folds finished so far in each mode."""
+    results = [_mode_result(mode, finished, config["seed"]) for mode, folds in done.items()
+               if (finished := {f: r for f, r in folds.items() if r is not None})]
+    roles = {measure_name(task, group): attack.role(task, group)
+             for m in results for task, group in m.pooled[["task", "group"]].itertuples(index=False)}
+    return RunResult(path, config, results, roles)
+
+
+def load_result(path: Path) -> RunResult:
+    """A finished or partial run, scored again from its fold files (``serbench report``):
+    scoring is deterministic, so this gives the tables the run printed."""
+    run_dir = RunDir.open(path)
+    config = run_dir.config
+    attack = load_plugin("attack", config["attack"]).from_params(config["attack_params"])
+    modes = sorted({p.name for p in (path / "folds").glob("*") if p.is_dir()},
+                   key=lambda m: (m != "non-adaptive", m))
+    done = {mode: {f: run_dir.load_fold(mode, f) for f in config["folds"]} for mode in modes}
+    result = _result(path, config, attack, done)
+    if not result.modes:
+        raise SerbenchError(f"{path}: no fold has finished yet")
     return result
 
 
 def _mode_result(mode: str, folds: dict[int, FoldResult], seed: int) -> ModeResult:
     preds = pd.concat([r.predictions.assign(fold=f) for f, r in folds.items()], ignore_index=True)
-    extras = summarize([r.extras for r in folds.values()]) if any(
+    extras = spread([r.extras for r in folds.values()]) if any(
         r.extras for r in folds.values()) else {}
-    return ModeResult(mode, folds, summarize([r.metrics for r in folds.values()]),
-                      pooled_summary(preds, seed), {k: v["mean"] for k, v in extras.items()})
+    return ModeResult(mode, folds, spread([r.metrics for r in folds.values()]),
+                      pooled(preds, seed), {k: v["mean"] for k, v in extras.items()})
 
 
 def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
-    from serbench.results import write_content_hash
-
     path, results = result.path, result.modes
     metrics = pd.DataFrame([{"mode": m.mode, "fold": f, **r.metrics}
                             for m in results for f, r in m.folds.items()])
@@ -157,10 +216,14 @@ def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
                        for m in results for f, r in m.folds.items()], ignore_index=True)
     write_csv(path / "metrics.csv", metrics)
     write_csv(path / "predictions.csv", preds)
+    worst = result.worst()
     write_json(path / "summary.json", {
         "headline": result.headline(),
+        "worst": None if worst is None else asdict(worst),
+        "measures": {name: str(role) for name, role in result.roles.items()},
         "modes": {m.mode: {"folds": m.summary, "pooled": m.pooled.to_dict(orient="records"),
                            "extras": m.extras} for m in results}})
+    write_markdown(result)
     env["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(path / "environment.json", env)
     write_content_hash(path)

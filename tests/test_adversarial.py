@@ -14,7 +14,7 @@ from serbench.context import CorpusData, EvalContext
 from serbench.defenses.adv import AdversarialTraining
 from serbench.defenses.none import NoDefense
 from serbench.errors import SerbenchError
-from serbench.metrics import uar
+from serbench.scoring import uar
 from serbench.models.mlp import SERMLP
 from serbench.plugins import Defense
 from serbench.protocol import load_corpus, split_disjoint

@@ -14,7 +14,7 @@ from serbench.context import EvalContext
 from serbench.defenses.none import NoDefense
 from serbench.errors import SerbenchError
 from serbench.fl.engine import single_thread
-from serbench.metrics import uar
+from serbench.scoring import uar
 from serbench.models.targets import build, readable_layers
 from serbench.plugins import Defense, Surface
 from serbench.progress import NullReporter

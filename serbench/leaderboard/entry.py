@@ -24,7 +24,10 @@ import pandas as pd
 
 from serbench.errors import SerbenchError
 from serbench.leaderboard.tracks import TRACKS, UTILITY, Track
-from serbench.metrics import pooled_summary, summarize, uar
+from serbench.scoring import LOW_FPRS, measure_metrics, measure_name, pooled, spread, uar
+
+#: The ROC statistics of a leakage measure with scores.
+ROC = ("auc", *(f"tpr_at_{f:g}_fpr" for f in LOW_FPRS))
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("entry.schema.json")
@@ -125,13 +128,10 @@ def load_entries(directory: Path) -> tuple[list[Entry], list[str]]:
 
 # Predictions: compact, exact, and enough to recompute every statistic.
 
-def measure_name(task: str, group: str) -> str:
-    return f"{task}@{group}" if group else task
-
-
 def encode_predictions(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows ``seed, fold, task, group, y_true, y_pred`` (in pooling order) as one record per
-    seed, fold and measure, labels as digit strings."""
+    seed, fold and measure, labels as digit strings; with each row's ``speakers`` (the CIs
+    resample them) and the attacker's ``scores`` (AUC, TPR at low FPR) where the run has them."""
     records = []
     for (seed, fold, task, group), rows in frame.groupby(
             ["seed", "fold", "task", "group"], sort=False):
@@ -139,8 +139,15 @@ def encode_predictions(frame: pd.DataFrame) -> list[dict[str, Any]]:
         if any(a.min() < 0 or a.max() > 9 for a in labels):
             raise SerbenchError(f"{measure_name(task, group)}: labels outside 0-9 cannot be "
                                 f"stored in an entry")
-        records.append({"seed": int(seed), "fold": int(fold), "measure": measure_name(task, group),
-                        **{k: "".join(map(str, a)) for k, a in zip(("y_true", "y_pred"), labels)}})
+        record = {"seed": int(seed), "fold": int(fold), "measure": measure_name(task, group),
+                  **{k: "".join(map(str, a)) for k, a in zip(("y_true", "y_pred"), labels)}}
+        if "speaker" in rows and (rows["speaker"].astype(str) != "").all():
+            record["speakers"] = rows["speaker"].astype(str).tolist()
+        if "score" in rows:
+            scores = pd.to_numeric(rows["score"], errors="coerce")
+            if scores.notna().all():
+                record["scores"] = [round(float(v), 6) for v in scores]
+        records.append(record)
     return records
 
 
@@ -148,31 +155,51 @@ def decode_predictions(records: list[dict[str, Any]]) -> pd.DataFrame:
     parts = []
     for r in records:
         task, _, group = r["measure"].partition("@")
-        parts.append(pd.DataFrame({
+        part = pd.DataFrame({
             "seed": r["seed"], "fold": r["fold"], "task": task, "group": group,
             "y_true": np.frombuffer(r["y_true"].encode(), np.uint8).astype(np.int64) - 48,
-            "y_pred": np.frombuffer(r["y_pred"].encode(), np.uint8).astype(np.int64) - 48}))
+            "y_pred": np.frombuffer(r["y_pred"].encode(), np.uint8).astype(np.int64) - 48})
+        for key, column in (("speakers", "speaker"), ("scores", "score")):
+            if key in r:
+                if len(r[key]) != len(part):
+                    raise SerbenchError(f"{r['measure']} seed {r['seed']} fold {r['fold']}: "
+                                        f"{len(r[key])} {key} for {len(part)} predictions")
+                part[column] = r[key]
+        parts.append(part)
     return pd.concat(parts, ignore_index=True)
 
 
 def measure_stats(records: list[dict[str, Any]], bootstrap_seed: int) -> dict[str, Any]:
-    """Per measure: pooled UAR with its 95% bootstrap CI (as the run's summary computes them),
-    accuracy, chance levels, and the UAR of every (seed, fold) with their mean ± std."""
+    """Per measure, :mod:`serbench.scoring`'s statistics: pooled UAR with its 95% CI (over
+    speakers where the records name them; entries made before they did keep their utterance
+    bootstrap), accuracy, chance levels, AUC and TPR at low FPR where the records hold scores,
+    and the UAR of every (seed, fold) with their mean ± std. Entries with speakers leave out
+    the per-fold UAR of a fold holding one class (e.g. one gender's speakers)."""
     frame = decode_predictions(records)
+    legacy = "speaker" not in frame
     folds = {}
-    with warnings.catch_warnings():  # a fold whose speakers are all of one gender: expected
+    with warnings.catch_warnings():  # legacy: a fold whose speakers are all of one gender
         warnings.simplefilter("ignore", UserWarning)
         for (seed, fold), rows in frame.groupby(["seed", "fold"], sort=False):
-            folds[(int(seed), int(fold))] = {
-                measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
-                for (t, g), r in rows.groupby(["task", "group"], sort=False)}
-    spread = summarize(list(folds.values()))
+            if legacy:
+                folds[(int(seed), int(fold))] = {
+                    measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
+                    for (t, g), r in rows.groupby(["task", "group"], sort=False)}
+            else:
+                folds[(int(seed), int(fold))] = {
+                    k.removesuffix(".uar"): v for k, v in measure_metrics(rows).items()
+                    if k.endswith(".uar")}
+    stats = spread(folds.values())
     out = {}
-    for row in pooled_summary(frame, bootstrap_seed).itertuples():
-        name = measure_name(row.task, row.group)
+    for row in pooled(frame, bootstrap_seed).to_dict(orient="records"):
+        name = measure_name(row["task"], row["group"])
+        extra = {} if legacy else {k: row[k] for k in ("ci_method", "speakers", *ROC)
+                                   if k in row and not pd.isna(row[k])}
         out[name] = {
-            "uar": row.uar, "ci": [row.ci_low, row.ci_high], **spread[name],
-            "acc": row.acc, "majority": row.majority, "chance": row.chance_uar, "n": int(row.n),
+            "uar": row["uar"], "ci": [row["ci_low"], row["ci_high"]],
+            "mean": stats[name]["mean"], "std": stats[name]["std"], "acc": row["acc"],
+            "majority": row["majority"], "chance": row["chance_uar"], "n": int(row["n"]),
+            **extra,
             "folds": [{"seed": s, "fold": f, "uar": v[name]} for (s, f), v in folds.items()
                       if name in v]}
     return out

@@ -19,7 +19,7 @@ from serbench.errors import SerbenchError
 from serbench.leaderboard.entry import MODES, SCHEMA_VERSION, compute_results, \
     describe_deviations, encode_predictions, entry_path, validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
-from serbench.metrics import summarize
+from serbench.scoring import spread
 from serbench.results import CHECKSUMS, checksums, write_json
 
 #: Configuration every run of one entry must share.
@@ -68,7 +68,8 @@ def load_run(path: Path) -> Run:
                             f"(its hash differs from {CHECKSUMS})")
     read = lambda name: json.loads((path / name).read_text())  # noqa: E731
     return Run(path, read("config.json"), read("summary.json"), read("environment.json"),
-               pd.read_csv(path / "predictions.csv", keep_default_na=False),
+               pd.read_csv(path / "predictions.csv", keep_default_na=False,
+                           dtype={"speaker": str, "group": str}),
                hashlib.sha256(stated.encode()).hexdigest())
 
 
@@ -153,7 +154,7 @@ def merge_runs(runs: list[Run]) -> tuple[dict[str, Any], dict[str, Any]]:
             extras.setdefault(run.attack, {}).setdefault(mode, []).append(
                 {k: v for k, v in values["extras"].items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    return predictions, {a: {m: {k: s["mean"] for k, s in summarize(v).items()}
+    return predictions, {a: {m: {k: s["mean"] for k, s in spread(v).items()}
                              for m, v in modes.items()} for a, modes in extras.items()}
 
 

@@ -17,8 +17,9 @@ from rich.table import Table
 from serbench.leaderboard.entry import Entry, describe_deviations
 from serbench.leaderboard.tracks import TRACKS, Track
 
-LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the pooled "
-          "predictions; mean ± std: over folds and seeds. Worst case: over the track's attacks, "
+LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the target's "
+          "speakers (entries made before predictions named speakers: over predictions, too "
+          "narrow); mean ± std: over folds and seeds. Worst case: over the track's attacks, "
           "both attack modes (SPEC §5) and every measure; emotion UAR: the lowest among the "
           "attacks' targets. ★: on the Pareto front (standard, consistent entries only).")
 
