@@ -33,12 +33,12 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.validators import ModuleValidator
-from scipy.stats import binom
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from serbench.defenses.udp import check_dp_parameters, udp_epsilon, udp_noise_multiplier
+from serbench.dp import (check_dp_parameters, participations, rdp_epsilon,
+                         rdp_noise_multiplier)
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
@@ -104,12 +104,6 @@ def _out_of_place(model: nn.Module) -> None:
             module.inplace = False
 
 
-def participations(rounds: int, sample_rate: float, beta: float) -> int:
-    """The smallest P with Pr[Binomial(rounds, sample_rate) > P] <= beta: how many rounds one
-    client takes part in, except with probability ``beta``."""
-    return int(binom.isf(beta, rounds, sample_rate))
-
-
 @dataclass
 class DPSGD(Defense):
     name: ClassVar[str] = "dpsgd"
@@ -139,14 +133,14 @@ class DPSGD(Defense):
         steps = participations(rounds, sample_rate, self.delta / 2)
         z = self.noise_multiplier
         if z is None:
-            z = udp_noise_multiplier(self.epsilon, self.delta / 2, 1.0, steps)
+            z = rdp_noise_multiplier(self.epsilon, self.delta / 2, 1.0, steps)
         self._fl = (z, steps)
 
     def privacy(self, *, rounds: int, sample_rate: float) -> dict[str, float]:
         """Every client's (ε, δ) over the FL run (see the module docstring)."""
         self.calibrate(rounds=rounds, sample_rate=sample_rate)
         z, steps = self._fl
-        return {"epsilon": udp_epsilon(z, 1.0, steps, self.delta / 2), "delta": self.delta,
+        return {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta / 2), "delta": self.delta,
                 "noise_multiplier": z, "participations": float(steps)}
 
     def make_private(self, model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
