@@ -1,65 +1,45 @@
 """User-level differential privacy for FL (SPEC §4; Feng et al.'s UDP).
 
 Each client clips its whole update to L2 norm ``clip`` and adds N(0, (z·clip)²) to every
-coordinate before sharing. ε at ``delta`` comes from Opacus' RDP accountant over the rounds,
-with the client sampling rate as the sample rate; given ``epsilon``, Opacus finds z.
+coordinate before sharing: one Gaussian release of noise multiplier z per participation.
+
+Which ε (docs/udp.md). The attacker is the honest-but-curious server, and the server chose
+which clients took part in which round, so client sampling amplifies nothing against it. The
+headline ``epsilon`` therefore composes a client's participations at sample rate 1 (Opacus' RDP
+accountant): the most participations any client has in the run's seeded schedule, which the
+caller passes (``participations``), or every round when it does not (the bound that holds for
+any schedule). ``epsilon`` is that ε and ``--param epsilon=E`` solves z for it. The amplified ε
+(``rounds`` releases at the client sampling rate) is reported beside it as
+``epsilon_outside_observer``: the guarantee against an outside observer of the final model only.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from functools import cache
 from typing import ClassVar
 
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
+from serbench.dp import SERVER_SAMPLING, check_dp_parameters, rdp_epsilon, rdp_noise_multiplier
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
 
-def check_dp_parameters(name: str, epsilon: float | None, noise_multiplier: float | None,
-                        delta: float) -> None:
-    """The (ε or z, δ) parameters every DP defense takes: one-line errors for bad values."""
-    if (epsilon is None) == (noise_multiplier is None):
-        raise SerbenchError(f"defense {name!r}: give exactly one of epsilon or noise_multiplier "
-                            "(e.g. --param epsilon=10, or --param epsilon=none "
-                            "--param noise_multiplier=1.0)")
-    if epsilon is not None and epsilon <= 0:
-        raise SerbenchError(f"defense {name!r}: epsilon must be > 0, got {epsilon}")
-    if noise_multiplier is not None and noise_multiplier < 0:
-        raise SerbenchError(f"defense {name!r}: noise_multiplier must be >= 0, "
-                            f"got {noise_multiplier}")
-    if not 0 < delta < 1:
-        raise SerbenchError(f"defense {name!r}: delta must be in (0, 1), got {delta}")
-
-
-@cache
-def udp_noise_multiplier(epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
-    """z for ``rounds`` sampled Gaussian releases to meet (ε, δ), by Opacus' search (cached:
-    every FL run of an evaluation asks, and each search evaluates the accountant ~20 times)."""
-    # The search evaluates ε at tiny noise levels on its way, where Opacus warns that its
-    # orders are too small; the ε it settles on is computed without that problem.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
-        return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                    sample_rate=sample_rate, steps=rounds, accountant="rdp")
-
-
-@cache
-def udp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """ε of ``rounds`` sampled Gaussian releases, by Opacus' RDP accountant."""
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, rounds)]
-    return float(accountant.get_epsilon(delta))
+def server_steps(rounds: int, participations: int | None) -> int:
+    """The releases of one client the server sees: ``participations`` (the most any client has
+    in the schedule) or, unknown, ``rounds`` (a client in every round: safe for any schedule)."""
+    if participations is None:
+        return rounds
+    if not 1 <= participations <= rounds:
+        raise ValueError(f"participations must be in [1, rounds={rounds}], got {participations}")
+    return int(participations)
 
 
 @dataclass
 class UserLevelDP(Defense):
     name: ClassVar[str] = "udp"
-    summary: ClassVar[str] = "user-level DP: clip each client update to C, add Gaussian noise (ε via Opacus RDP)"
+    summary: ClassVar[str] = ("user-level DP: clip each client update to C, add Gaussian noise "
+                              "(ε against the server, Opacus RDP)")
     surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE})
     randomized: ClassVar[bool] = True
 
@@ -67,27 +47,68 @@ class UserLevelDP(Defense):
     noise_multiplier: float | None = None
     clip: float = 1.0
     delta: float = 1e-5
-    _z: float = field(default=0.0, init=False, repr=False)
+    #: z for the recipe of the last :meth:`calibrate` (what the clients' noise uses).
+    _z: float | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
         check_dp_parameters(self.name, self.epsilon, self.noise_multiplier, self.delta)
         if self.clip <= 0:
             raise SerbenchError(f"defense 'udp': clip must be > 0, got {self.clip}")
-        self._z = self.noise_multiplier or 0.0
 
-    def calibrate(self, *, rounds: int, sample_rate: float) -> None:
-        if self.epsilon is not None:
-            self._z = udp_noise_multiplier(self.epsilon, self.delta, sample_rate, rounds)
+    def noise_for(self, *, rounds: int, participations: int | None = None) -> float:
+        """z for a recipe: the given ``noise_multiplier``, or the z whose ε against the server
+        is ``epsilon``. A pure function of the parameters and the recipe (cached in serbench.dp),
+        so queries need no calibration."""
+        if self.noise_multiplier is not None:
+            return self.noise_multiplier
+        return rdp_noise_multiplier(self.epsilon, self.delta, 1.0,
+                                    server_steps(rounds, participations))
+
+    def calibrate(self, *, rounds: int, sample_rate: float,
+                  participations: int | None = None) -> None:
+        """Set the clients' z for this FL run (see :meth:`noise_for`); ``sample_rate`` plays no
+        part in it, since the headline ε takes no amplification."""
+        self._z = self.noise_for(rounds=rounds, participations=participations)
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+        z = self.noise_multiplier if self.noise_multiplier is not None else self._z
+        if z is None:
+            raise SerbenchError("defense 'udp': epsilon needs the FL recipe; call calibrate("
+                                "rounds=..., sample_rate=..., participations=...) first")
         norm = torch.sqrt(sum(u.pow(2).sum() for u in update.values()))
         scale = min(1.0, self.clip / (float(norm) + 1e-12))
-        std = self._z * self.clip
+        std = z * self.clip
         return {k: u * scale + std * torch.randn(u.shape, generator=generator)
                 for k, u in update.items()}
 
-    def privacy(self, *, rounds: int, sample_rate: float) -> dict[str, float]:
-        self.calibrate(rounds=rounds, sample_rate=sample_rate)
-        return {"epsilon": udp_epsilon(self._z, sample_rate, rounds, self.delta),
-                "noise_multiplier": self._z, "delta": self.delta}
+    def privacy(self, *, rounds: int, sample_rate: float,
+                participations: int | None = None) -> dict[str, float]:
+        """Every client's (ε, δ) against the server over the FL run, the amplified ε against an
+        outside observer beside it, and the numbers they were accounted from."""
+        z = self.noise_for(rounds=rounds, participations=participations)
+        steps = server_steps(rounds, participations)
+        return {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta),
+                "epsilon_outside_observer": rdp_epsilon(z, sample_rate, rounds, self.delta),
+                "delta": self.delta, "noise_multiplier": z, "clip": self.clip,
+                "rounds": float(rounds), "sample_rate": sample_rate,
+                "participations": float(steps)}
+
+    def accounting(self, *, rounds: int, sample_rate: float,
+                   participations: int | None = None) -> dict[str, str | float]:
+        """:meth:`privacy` with the accounting context in words, for the run and the entry."""
+        return self.privacy(rounds=rounds, sample_rate=sample_rate,
+                            participations=participations) | {
+            "accountant": "rdp",
+            "accountant_implementation": "opacus compute_rdp/get_privacy_spent",
+            "sampling": SERVER_SAMPLING,
+            "neighbouring_relation": "user-level add/remove",
+            "epsilon_against": "the server: a client's participations composed at sample rate "
+                               "1, no sampling amplification",
+            "epsilon_outside_observer_against": "an outside observer of the final model only: "
+                                                "amplified by the client sampling rate "
+                                                "(Poisson-sampling analysis)",
+            "participations_from": ("the run's seeded schedule (most participations of any "
+                                    "client)" if participations is not None else
+                                    "upper bound: every round"),
+        }

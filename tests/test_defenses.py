@@ -15,12 +15,19 @@ UDP = load_plugin("defense", "udp")
 
 @pytest.mark.parametrize("z, q, rounds, delta", [(1.1, 0.1, 200, 1e-5), (0.6, 0.25, 50, 1e-3)])
 def test_udp_epsilon_is_opacus_rdp_accountants(z, q, rounds, delta) -> None:
-    accountant = RDPAccountant()
-    for _ in range(rounds):
-        accountant.step(noise_multiplier=z, sample_rate=q)
+    """Participations unknown: the headline (the server's) ε assumes a client in every round,
+    without amplification; the outside observer's is amplified by q (tests/test_udp.py
+    checks the headline over a seeded schedule's participations)."""
+    def epsilon(sample_rate: float) -> float:
+        accountant = RDPAccountant()
+        for _ in range(rounds):
+            accountant.step(noise_multiplier=z, sample_rate=sample_rate)
+        return accountant.get_epsilon(delta)
+
     reported = UDP(epsilon=None, noise_multiplier=z, delta=delta).privacy(rounds=rounds,
                                                                         sample_rate=q)
-    assert reported["epsilon"] == pytest.approx(accountant.get_epsilon(delta), rel=1e-9)
+    assert reported["epsilon"] == pytest.approx(epsilon(1.0), rel=1e-9)
+    assert reported["epsilon_outside_observer"] == pytest.approx(epsilon(q), rel=1e-9)
 
 
 def test_udp_finds_the_noise_for_a_target_epsilon() -> None:
