@@ -230,3 +230,29 @@ def build_ravdess(base: Path) -> Path:
     ):
         write_audio(actors / name)
     return root
+
+
+# --- A user's own corpus (manifest) -----------------------------------------------------------
+#: A German-style label set, as a real user's manifest has it (not serbench's standard names).
+EMODB_LABELS = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
+
+
+def build_manifest(base: Path, labels: tuple[str, ...] = EMODB_LABELS, speakers: int = 10,
+                   clips: int = 2, folds: bool = False) -> Path:
+    """``base/manifest.csv`` of ``speakers`` speakers (half women) with ``clips`` placeholder
+    clips per label, paths relative to the CSV; ``folds`` adds a fold column (one fold per
+    woman-man pair). Each clip is a 0.3 s tone at its own pitch, so features are not all equal."""
+    rows = []
+    for s in range(speakers):
+        gender = "female" if s % 2 == 0 else "male"
+        for e, label in enumerate(labels):
+            for k in range(clips):
+                name = f"spk{s:02d}/{label}_{k}.wav"
+                t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE
+                pitch = 110 + 20 * s + 7 * e + 3 * k
+                (base / name).parent.mkdir(parents=True, exist_ok=True)
+                sf.write(base / name, 0.1 * np.sin(2 * np.pi * pitch * t), SAMPLE_RATE,
+                         subtype="PCM_16")
+                rows.append([name, f"spk{s:02d}", gender, label, *([s // 2 + 1] if folds else [])])
+    header = ["path", "speaker", "gender", "emotion", *(["fold"] if folds else [])]
+    return write_csv(base / "manifest.csv", header, rows)

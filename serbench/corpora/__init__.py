@@ -19,6 +19,11 @@ CORPORA: dict[str, type[Corpus]] = {
     c.name: c for c in (Synth, Iemocap, MspImprov, CremaD, Ravdess, Manifest)
 }
 
+#: Options every corpus takes (serbench.protocol.load_corpus applies them): emotion classes
+#: kept (``classes=A,B``; ``classes=8`` is RAVDESS's and CREMA-D's own label map), renamed
+#: (``map=OLD:NEW``), and the real-audio null (``permute_gender=true``).
+SHARED_OPTIONS = ("classes", "map", "permute_gender")
+
 
 def get_corpus(name: str, root: str | Path | None = None, **options: Any) -> Corpus:
     """The loader for ``name`` with its options (e.g. ``subset="improvised"``)."""
@@ -28,7 +33,8 @@ def get_corpus(name: str, root: str | Path | None = None, **options: Any) -> Cor
     hints = {k: v for k, v in get_type_hints(cls.__init__).items() if k not in ("root", "return")}
     for key in options:
         if key not in hints:
+            valid = dict.fromkeys([*hints, *SHARED_OPTIONS])
             raise SerbenchError(f"dataset {name!r} has no option {key!r}; valid options: "
-                                f"{', '.join(hints) or 'none'}")
+                                f"{', '.join(valid)}")
     return cls(root, **{k: coerce(v, hints[k], f"dataset {name!r} option {k!r}")
                         for k, v in options.items()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -32,6 +32,10 @@ class Corpus(ABC):
     clients_per_speaker: ClassVar[int] = 1
     #: Whether ``root`` must be given (``synth`` generates its own audio).
     needs_root: ClassVar[bool] = True
+    #: Options that make the loader keep every labelled class rather than its default map
+    #: (RAVDESS ``classes=8``): loaded when ``--dataset-option classes=``/``map=`` name a
+    #: class the default leaves out.
+    all_labels: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: str | Path | None = None) -> None:
         if root is None and self.needs_root:

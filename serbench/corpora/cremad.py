@@ -36,6 +36,7 @@ class CremaD(Corpus):
     name = "crema-d"
     summary = "CREMA-D: 91 actors, 4 intended classes, 5 folds by actor id"
     clients_per_speaker = 1
+    all_labels = {"classes": 6}
 
     def __init__(
         self, root: str | Path | None = None, *, labels: str = "intended", classes: int = 4

@@ -42,6 +42,7 @@ class Ravdess(Corpus):
     name = "ravdess"
     summary = "RAVDESS speech: 24 actors, 4 classes, EmoBox's 6 actor folds"
     clients_per_speaker = 1
+    all_labels = {"classes": 8}
 
     def __init__(self, root: str | Path | None = None, *, classes: int = 4) -> None:
         super().__init__(root)
