@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,69 +35,74 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     return out
 
 
-def _folds(text: str) -> list[int] | None:
-    if text == "all":
-        return None
-    try:
-        return sorted({int(f) for f in text.split(",")})
-    except ValueError:
-        raise SerbenchError(f"--folds {text!r}: expected 'all' or comma-separated fold numbers") \
-            from None
-
-
 @app.command("eval")
 def eval_cmd(
-    attack: Annotated[str, typer.Option(help="Attack name (see `serbench list`), or "
-                                             "file.py:ClassName.")],
-    defense: Annotated[str, typer.Option(help="Defense name, or file.py:ClassName.")] = "none",
-    dataset: Annotated[str, typer.Option(help="Target corpus.")] = "synth",
+    attack: Annotated[Optional[str], typer.Option(
+        help="Attack name (see `serbench list`), or file.py:ClassName.")] = None,
+    defense: Annotated[Optional[str], typer.Option(
+        help="Defense name, or file.py:ClassName.  [default: none]")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Target corpus.  [default: synth]")] = None,
     data_root: Annotated[Optional[Path], typer.Option(
         help="Corpus directory (manifest: the CSV file). synth: where to write its audio.")] = None,
-    dataset_option: Annotated[list[str], typer.Option(
-        help="Corpus option KEY=VALUE, e.g. subset=improvised (repeatable).")] = [],
-    shadow: Annotated[str, typer.Option(
+    dataset_option: Annotated[Optional[list[str]], typer.Option(
+        help="Corpus option KEY=VALUE, e.g. subset=improvised (repeatable). Every corpus: "
+             "classes=A,B,... keeps those emotion classes, map=OLD:NEW,... renames or merges "
+             "them, permute_gender=true permutes gender labels across speakers (the "
+             "real-audio null).")] = None,
+    shadow: Annotated[Optional[str], typer.Option(
         help="Attacker's shadow data: 'disjoint' (half the target corpus's speakers, never "
-             "the target's), 'none', or other dataset name(s), comma-separated.")] = "disjoint",
-    shadow_root: Annotated[list[str], typer.Option(
-        help="Root of each --shadow dataset, in order (repeatable).")] = [],
+             "the target's), 'none', or other dataset name(s), comma-separated.  "
+             "[default: disjoint]")] = None,
+    shadow_root: Annotated[Optional[list[str]], typer.Option(
+        help="Root of each --shadow dataset, in order (repeatable).")] = None,
     features: Annotated[Optional[str], typer.Option(
         help="Feature set (default: the attack's; see `serbench list features`).")] = None,
-    folds: Annotated[str, typer.Option(help="'all' or fold numbers, e.g. 1,3.")] = "all",
-    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
-    engine: Annotated[str, typer.Option(
+    folds: Annotated[Optional[str], typer.Option(
+        help="'all' or fold numbers, e.g. 1,3.  [default: all]")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed for every random choice.  [default: 0]")] = None,
+    engine: Annotated[Optional[str], typer.Option(
         help="FL engine: 'inprocess' (default), 'flower' (Flower's simulation engine) or "
-             "'flower-deployment' (a running SuperLink: docs/cluster.md).")
-    ] = "inprocess",
+             "'flower-deployment' (a running SuperLink: docs/cluster.md).")] = None,
     layer: Annotated[Optional[str], typer.Option(
         help="Layer whose output/update the attacker reads (FL: first, second, last).")] = None,
-    analysis: Annotated[list[str], typer.Option(
+    analysis: Annotated[Optional[list[str]], typer.Option(
         help="Analysis the attack writes beside the results, e.g. layers (repeatable; "
-             "intercept: layers, emotions, features, improvised).")] = [],
-    param: Annotated[list[str], typer.Option(
+             "intercept: layers, emotions, features, improvised).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(
         help="Defense parameter KEY=VALUE (repeatable); KEY=V1,V2,... sweeps it against the "
-             "undefended baseline, with a utility-vs-leakage table and plot.")] = [],
-    attack_param: Annotated[list[str], typer.Option(
-        help="Attack parameter KEY=VALUE, e.g. rounds=100 (repeatable).")] = [],
+             "undefended baseline, with a utility-vs-leakage table and plot.")] = None,
+    attack_param: Annotated[Optional[list[str]], typer.Option(
+        help="Attack parameter KEY=VALUE, e.g. rounds=100 (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Run directory (default runs/<time>-<attack>-<defense>-<dataset>); an existing "
              "one with the same configuration is resumed.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="TOML file of eval options (keys as the options, with [dataset_options], "
+             "[attack_params] and [defense_params] tables; docs/your-own-corpus.md). Options "
+             "given here override it. Every run directory holds a config.toml that re-runs "
+             "it.")] = None,
 ) -> None:
     """Run an attack against a defense on a corpus and report utility vs leakage."""
+    from serbench.config import eval_config, merge, read_config, write_run_config
     from serbench.report import print_report, print_sweep
-    from serbench.runner import EvalConfig, run_eval
+    from serbench.runner import run_eval
     from serbench.progress import RichReporter
 
-    attack_params = _pairs(attack_param, "--attack-param")
-    if layer is not None:
-        attack_params["layer"] = layer
-    if analysis:
-        attack_params["analyses"] = ",".join(analysis)
-    cfg = EvalConfig(attack=attack, defense=defense, dataset=dataset,
-                     data_root=str(data_root) if data_root else None,
-                     dataset_options=_pairs(dataset_option, "--dataset-option"), shadow=shadow,
-                     shadow_root=shadow_root, features=features, folds=_folds(folds), seed=seed,
-                     engine=engine, attack_params=attack_params,
-                     defense_params=_pairs(param, "--param"))
+    typed = {  # only what was typed: it overrides the --config file
+        "attack": attack, "defense": defense, "dataset": dataset,
+        "data_root": str(data_root) if data_root else None, "shadow": shadow,
+        "shadow_root": shadow_root or None, "features": features, "folds": folds, "seed": seed,
+        "engine": engine, "layer": layer, "analysis": analysis or None,
+        "out": str(out) if out else None,
+        "dataset_options": _pairs(dataset_option or [], "--dataset-option") or None,
+        "attack_params": _pairs(attack_param or [], "--attack-param") or None,
+        "defense_params": _pairs(param or [], "--param") or None,
+    }
+    options = merge(read_config(config) if config else {},
+                    {k: v for k, v in typed.items() if v is not None})
+    cfg, out = eval_config(options)
     swept = {k: v.split(",") for k, v in cfg.defense_params.items() if "," in v}
     if len(swept) > 1:
         raise SerbenchError(f"--param sweeps one parameter at a time; got {', '.join(swept)}")
@@ -115,6 +120,7 @@ def eval_cmd(
             for value in values:  # every value is checked before the first run starts
                 build_plugins(replace(cfg, defense_params={**cfg.defense_params, key: value}))
             out = out or default_out(cfg)
+            write_run_config(out / "config.toml", asdict(cfg))  # re-runs the whole sweep
             frame = run_sweep(cfg, key, values, out, reporter)
         else:
             result = run_eval(cfg, out, reporter)
