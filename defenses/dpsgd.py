@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from serbench.dp import (check_dp_parameters, participations, rdp_epsilon,
+from serbench.dp import (check_dp_parameters, participations as participation_bound, rdp_epsilon,
                          rdp_noise_multiplier)
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
@@ -127,16 +127,19 @@ class DPSGD(Defense):
             raise SerbenchError(f"defense 'dpsgd': max_grad_norm must be > 0, "
                                 f"got {self.max_grad_norm}")
 
-    def calibrate(self, *, rounds: int, sample_rate: float) -> None:
+    def calibrate(self, *, rounds: int, sample_rate: float,
+                  participations: int | None = None) -> None:
         """Switch to FL accounting for this recipe: half of δ bounds the chance of more than P
-        participations, the other half is the accountant's; given ε, Opacus finds z for P."""
-        steps = participations(rounds, sample_rate, self.delta / 2)
+        participations, the other half is the accountant's; given ε, Opacus finds z for P.
+        (The schedule's own ``participations`` are not used yet: the bound covers them.)"""
+        steps = participation_bound(rounds, sample_rate, self.delta / 2)
         z = self.noise_multiplier
         if z is None:
             z = rdp_noise_multiplier(self.epsilon, self.delta / 2, 1.0, steps)
         self._fl = (z, steps)
 
-    def privacy(self, *, rounds: int, sample_rate: float) -> dict[str, float]:
+    def privacy(self, *, rounds: int, sample_rate: float,
+                participations: int | None = None) -> dict[str, float]:
         """Every client's (ε, δ) over the FL run (see the module docstring)."""
         self.calibrate(rounds=rounds, sample_rate=sample_rate)
         z, steps = self._fl
@@ -174,11 +177,13 @@ class DPSGD(Defense):
         # input needs no gradient; PyTorch's warning about that says nothing to the user.
         warnings.filterwarnings("ignore", "Full backward hook is firing when gradients are "
                                 "computed with respect to module outputs", UserWarning)
-        engine = PrivacyEngine(accountant="rdp")
-        gsm, optimizer, _, loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
-            max_grad_norm=self.max_grad_norm, noise_generator=generator,
-            grad_sample_mode="ghost")
+        with warnings.catch_warnings():  # noise comes from serbench's seeded generator
+            warnings.filterwarnings("ignore", "Secure RNG turned off", UserWarning)
+            engine = PrivacyEngine(accountant="rdp")
+            gsm, optimizer, _, loader = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
+                max_grad_norm=self.max_grad_norm, noise_generator=generator,
+                grad_sample_mode="ghost")
         self._trained = (z, engine.accountant)
         return GhostClipped(gsm), optimizer, loader
 

@@ -89,17 +89,22 @@ class Defense(Plugin):
     #: trainers then call :meth:`make_private` and :meth:`training_batch`.
     trains: ClassVar[bool] = False
 
-    def calibrate(self, *, rounds: int, sample_rate: float) -> None:
+    def calibrate(self, *, rounds: int, sample_rate: float,
+                  participations: int | None = None) -> None:
         """Called before every FL run with its recipe, for defenses whose noise depends on it
-        (UDP turns a target ε into a noise multiplier for these rounds and sampling rate)."""
+        (UDP turns a target ε into a noise multiplier). ``participations``: the most rounds
+        any client takes part in under the run's seeded schedule, which the server knows
+        (``None``: unknown; assume every round)."""
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
         """UPDATE surface: transform a client's update before it is shared with the server."""
         return update
 
-    def privacy(self, *, rounds: int, sample_rate: float) -> dict[str, float]:
-        """Formal guarantees of the FL run (e.g. ``{"epsilon": ..., "delta": ...}``), if any."""
+    def privacy(self, *, rounds: int, sample_rate: float,
+                participations: int | None = None) -> dict[str, float]:
+        """Formal guarantees of the FL run (e.g. ``{"epsilon": ..., "delta": ...}``), if any,
+        against the server (which picked the clients: no sampling amplification)."""
         return {}
 
     def transform_representation(self, h: torch.Tensor, *,

@@ -1,0 +1,145 @@
+"""A conformance suite for defenses, in the spirit of scikit-learn's ``check_estimator``.
+
+``serbench check-defense FILE.py:Class`` (or :func:`check_defense` in a test) runs each check on
+the defense at its defaults and reports one line per failure. The checks are what the benchmark
+relies on: parameters that round-trip (runs and entries record them), transforms that keep
+shapes and dtypes, randomness drawn only from the given generator (same seed, same numbers;
+no global RNG touched), a defense that pickles (the Flower engines ship it to clients), and
+one-line errors for bad parameters.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from serbench.errors import SerbenchError
+from serbench.defenses.none import NoDefense
+from serbench.plugins import Defense, Surface
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    reason: str = ""
+
+
+def _client_update(defense: Defense, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A FedAvg client's shared update on a small model, through the defense as the FL engines
+    apply it (calibrated for a 10-round recipe; its training hooks if it ``trains``)."""
+    from serbench.fl.engine import FLConfig, init_params, local_update
+
+    cfg = FLConfig("fedavg", rounds=10, client_fraction=0.5, batch_size=4)
+    defense.calibrate(rounds=cfg.rounds, sample_rate=0.5, participations=5)
+    data = torch.Generator().manual_seed(2)
+    x, y = torch.randn(12, 12, generator=data), torch.randint(0, 4, (12,), generator=data)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):  # init_params seeds torch's global RNG itself
+        params = init_params(12, cfg, 0)
+    return local_update(params, x, y, cfg, seed, defense)
+
+
+def _transforms(defense: Defense) -> dict[str, Callable[[torch.Generator], Any]]:
+    """The defense's transforms of its declared surfaces, each applied to fixed inputs."""
+    x = torch.randn(4, 1, 8, 20, generator=torch.Generator().manual_seed(1))
+    out: dict[str, Callable[[torch.Generator], Any]] = {}
+    if Surface.UPDATE in defense.surfaces:
+        out["client update"] = lambda g: _client_update(defense, g)
+    if Surface.REPRESENTATION in defense.surfaces:
+        out["transform_representation"] = lambda g: defense.transform_representation(
+            x.clone(), generator=g)
+    if Surface.INPUT in defense.surfaces:
+        out["transform_input"] = lambda g: defense.transform_input(x.clone(), generator=g)
+    return out
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def _global_state() -> tuple:
+    return (torch.random.get_rng_state().clone(), np.random.get_state()[1].copy(),
+            random.getstate())
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def _checks(cls: type[Defense]) -> Iterator[Check]:
+    try:
+        defense = cls()
+    except SerbenchError as exc:
+        yield Check("defaults", False, f"the defaults are invalid: {exc}")
+        return
+    yield Check("defaults", True)
+    params = defense.params()
+    try:
+        again = cls.from_params({k: "none" if v is None else str(v) for k, v in params.items()})
+        ok = again.params() == params
+        yield Check("parameters round-trip", ok,
+                    "" if ok else f"from_params(params()) gave {again.params()}, not {params}")
+    except SerbenchError as exc:
+        yield Check("parameters round-trip", False, f"from_params(params()) failed: {exc}")
+    try:
+        cls.from_params({"no_such_parameter": "1"})
+        yield Check("one-line errors", False, "an unknown parameter was accepted")
+    except SerbenchError as exc:
+        one_line = "\n" not in str(exc)
+        yield Check("one-line errors", one_line, "" if one_line else "the error spans lines")
+    for name, apply in _transforms(defense).items():
+        before = _global_state()
+        try:
+            first = apply(torch.Generator().manual_seed(7))
+            second = apply(torch.Generator().manual_seed(7))
+        except Exception as exc:  # a user's hook: report it as a failed check
+            yield Check(name, False, f"raised {type(exc).__name__}: {exc}")
+            continue
+        reference = _tensors(_client_update(NoDefense(), torch.Generator().manual_seed(7))
+                             if name == "client update" else
+                             torch.randn(4, 1, 8, 20, generator=torch.Generator().manual_seed(1)))
+        got = _tensors(first)
+        shaped = len(got) == len(reference) and all(
+            isinstance(g, torch.Tensor) and g.shape == r.shape and g.dtype == r.dtype
+            for g, r in zip(got, reference))
+        yield Check(f"{name} keeps shapes and dtypes", shaped,
+                    "" if shaped else f"returned {[tuple(g.shape) for g in got]} "
+                                      f"{[g.dtype for g in got]} for "
+                                      f"{[tuple(r.shape) for r in reference]}")
+        same = all(torch.equal(a, b) for a, b in zip(got, _tensors(second)))
+        yield Check(f"{name} is deterministic under its generator", same,
+                    "" if same else "two calls with generators of the same seed differ")
+        untouched = _same_state(before, _global_state())
+        yield Check(f"{name} leaves the global RNG alone", untouched,
+                    "" if untouched else "it drew from torch's, numpy's or Python's global RNG; "
+                                         "draw only from the generator it is given")
+    try:
+        pickle.loads(pickle.dumps(defense))
+        yield Check("pickles", True)
+    except Exception:  # a class from a file pickles by value through cloudpickle (Flower)
+        try:
+            import cloudpickle
+
+            cloudpickle.loads(cloudpickle.dumps(defense))
+            yield Check("pickles", True)
+        except Exception as exc:
+            yield Check("pickles", False, f"{type(exc).__name__}: {exc}")
+
+
+def check_defense(cls: type[Defense]) -> list[Check]:
+    """Every check's outcome for ``cls`` (a :class:`Defense` subclass)."""
+    return list(_checks(cls))
+
+
+def assert_defense_conforms(cls: type[Defense]) -> None:
+    """For a defense's own tests: raise with one line per failed check."""
+    failed = [c for c in check_defense(cls) if not c.passed]
+    if failed:
+        raise AssertionError("\n".join(f"{c.name}: {c.reason}" for c in failed))
