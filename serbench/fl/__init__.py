@@ -1,5 +1,8 @@
 """Federated learning engines. Each is a function with the signature of
-:func:`serbench.fl.engine.run_federated`, so attacks never depend on which one runs."""
+:func:`serbench.fl.engine.run_in_process` (less its first argument), so attacks never depend on
+which one runs. ``inprocess`` batches a round's clients (:mod:`serbench.fl.batched`);
+``inprocess-serial`` runs them one by one through ``local_update``, as the Flower engines'
+clients do, bit for bit."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from serbench.errors import unknown_name
 
 #: engine name -> "module:function"; imported on use so optional engines cost nothing.
 ENGINES = {
-    "inprocess": "serbench.fl.engine:run_federated",
+    "inprocess": "serbench.fl.batched:run_federated",
+    "inprocess-serial": "serbench.fl.engine:run_federated",
     "flower": "serbench.fl.flower:run_federated",
     "flower-deployment": "serbench.fl.flower_deploy:run_federated",
 }

@@ -127,7 +127,18 @@ def aggregate(global_params: Params, updates: Sequence[Params], weights: Sequenc
     w = torch.tensor(weights, dtype=torch.float32)
     w = w / w.sum()
     step = cfg.server_lr if cfg.algorithm == "fedsgd" else 1.0
-    return {k: v - step * sum(wi * u[k] for wi, u in zip(w, updates)) for k, v in global_params.items()}
+    return {k: v - step * _weighted_sum([u[k] for u in updates], w)
+            for k, v in global_params.items()}
+
+
+def _weighted_sum(tensors: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """``sum(wi * t)`` with its roundings (each product rounded, then added in order) in two
+    buffers, not two fresh tensors per term: fresh MB-sized tensors cost page faults."""
+    total = torch.mul(tensors[0], w[0])
+    term = torch.empty_like(total)
+    for wi, t in zip(w[1:], tensors[1:]):
+        total.add_(torch.mul(t, wi, out=term))
+    return total
 
 
 @dataclass
@@ -169,12 +180,30 @@ def client_seed(seed: int, rnd: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, rnd, int(k)]).generate_state(1)[0])
 
 
-def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
-                  seed: int, *, init: Params | None = None, defense: Defense | None = None,
-                  record: Sequence[str] = (), probe_rounds: Collection[int] = (),
-                  on_round: Callable[[int], None] | None = None) -> FLRun:
-    """Train the global model from ``init`` (default: initialised from ``seed``); record the
-    parameters named in ``record`` of every shared update.
+#: How an in-process engine computes one round's updates: the clients' training data and
+#: seeds, in order, on the global parameters (defense, round). :func:`serial_updates` is the
+#: reference; :mod:`serbench.fl.batched` computes the same updates as one batched computation.
+#: The updates need only stay valid until the next call (:func:`federate` records and
+#: aggregates them within the round), so an engine may reuse their storage.
+RoundUpdates = Callable[[Params, Sequence[tuple[torch.Tensor, torch.Tensor]], FLConfig,
+                         Sequence[int], Defense | None, int], list[Params]]
+
+
+def serial_updates(params: Params, data: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   cfg: FLConfig, seeds: Sequence[int], defense: Defense | None,
+                   rnd: int) -> list[Params]:
+    """One :func:`local_update` per client: what a Flower ClientApp computes, bit for bit."""
+    return [local_update(params, x, y, cfg, s, defense, rnd=rnd) for (x, y), s in zip(data, seeds)]
+
+
+def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
+                   clients: Sequence[Client], cfg: FLConfig, seed: int, *,
+                   init: Params | None = None, defense: Defense | None = None,
+                   record: Sequence[str] = (), probe_rounds: Collection[int] = (),
+                   on_round: Callable[[int], None] | None = None) -> FLRun:
+    """Train the global model from ``init`` (default: initialised from ``seed``) with each
+    round's updates from ``round_updates``; record the parameters named in ``record`` of every
+    shared update.
 
     In ``probe_rounds`` every client's update on the current global model is recorded, while
     only the sampled clients' updates are aggregated: an attacker simulating shadow clients
@@ -184,13 +213,20 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
     data = [(xt[c.train], yt[c.train]) for c in clients]
 
     def updates(params: Params, rnd: int, ks: Sequence[int]) -> list[Params]:
-        return [local_update(params, *data[k], cfg, client_seed(seed, rnd, k), defense, rnd=rnd)
-                for k in ks]
+        return round_updates(params, [data[k] for k in ks], cfg,
+                             [client_seed(seed, rnd, k) for k in ks], defense, rnd)
 
     params = init if init is not None else init_params(x.shape[1], cfg, seed)
     with single_thread():
         return federate(updates, params, clients, cfg, seed, record=record,
                         probe_rounds=probe_rounds, on_round=on_round)
+
+
+def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
+                  seed: int, **options) -> FLRun:
+    """``--engine inprocess-serial``: :func:`run_in_process` with one :func:`local_update` per
+    client, the reference the batched and the Flower engines are tested against."""
+    return run_in_process(serial_updates, x, y, clients, cfg, seed, **options)
 
 
 @contextmanager
