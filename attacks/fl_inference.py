@@ -20,7 +20,7 @@ from torch import nn
 from serbench.context import CorpusData, EvalContext
 from serbench.results import FoldResult
 from serbench.errors import SerbenchError
-from serbench.fl.clients import make_clients
+from serbench.fl.clients import make_clients, most_participations, schedule
 from serbench.fl import get_engine
 from serbench.fl.engine import FLConfig, FLRun, UpdateLog, init_params, predict
 from serbench.metrics import emotion_classes, emotion_labels
@@ -123,12 +123,21 @@ class _Fitted(NamedTuple):
     selection: dict[str, float]  #: held-out shadow UAR of each candidate model
 
 
+class Recipe(NamedTuple):
+    """What a DP defense is calibrated and accounted for: the FL run's rounds, its client
+    sampling rate and the most participations of any client in its seeded schedule."""
+
+    rounds: int
+    sample_rate: float
+    participations: int
+
+
 class _TargetRun(NamedTuple):
     """The current fold's target FL run with the deployed defense: the same in both modes."""
 
     key: tuple  #: (corpus, fold, defense, engine, seed) it was run for
     run: FLRun
-    sample_rate: float
+    recipe: Recipe
     averaged: dict[int | None, tuple]  #: :func:`average_updates` by n, filled on demand
 
 
@@ -190,20 +199,27 @@ class FLInferenceAttack(Attack):
         return f"{self.layer}.weight", f"{self.layer}.bias"
 
     def _federate(self, data: CorpusData, rows: np.ndarray, ctx: EvalContext, seed: int,
-                  defense, description: str, probe_rounds: range = range(0)):
+                  defense, description: str, probe_rounds: range = range(0)
+                  ) -> tuple[FLRun, Recipe]:
         table = data.table.iloc[rows].reset_index(drop=True)
         x = data.features(ctx.features)[rows]
         y = emotion_labels(table["emotion"], emotion_classes(ctx.target.table["emotion"]))
         clients = make_clients(table, data.clients_per_speaker, seed)
         cfg = self.fl_config(ctx)
-        defense.calibrate(rounds=cfg.rounds, sample_rate=cfg.clients_per_round(len(clients)) / len(clients))
+        per_round = cfg.clients_per_round(len(clients))
+        # The server draws the schedule, so DP accounting against it counts each client's
+        # participations in it (probe rounds: every client shares an update).
+        chosen = schedule(len(clients), per_round, cfg.rounds, seed)
+        recipe = Recipe(cfg.rounds, per_round / len(clients),
+                        most_participations(chosen, len(clients), len(probe_rounds)))
+        defense.calibrate(**recipe._asdict())
         # The server initialises the global model, so the attacker shadows from the same start.
         init = init_params(x.shape[1], cfg, ctx.seed)
         with ctx.reporter.track(description, cfg.rounds) as advance:
             run = get_engine(ctx.engine)(x, y, clients, cfg, seed, init=init, defense=defense,
                                          record=self.recorded, probe_rounds=probe_rounds,
                                          on_round=advance)
-        return run, cfg.clients_per_round(len(clients)) / len(clients)
+        return run, recipe
 
     def fit(self, ctx: EvalContext) -> None:
         if ctx.shadow is None:
@@ -268,9 +284,9 @@ class FLInferenceAttack(Attack):
         key = (id(ctx.target), fold, id(ctx.defense), ctx.engine, ctx.seed)
         if self._target is None or self._target.key != key:
             self._target = None  # free the previous fold's updates first
-            run, rate = self._federate(ctx.target, train, ctx, ctx.seed + fold, ctx.defense,
-                                       f"fold {fold}: target {self.algorithm}")
-            self._target = _TargetRun(key, run, rate, {})
+            run, recipe = self._federate(ctx.target, train, ctx, ctx.seed + fold, ctx.defense,
+                                         f"fold {fold}: target {self.algorithm}")
+            self._target = _TargetRun(key, run, recipe, {})
         return self._target
 
     def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
@@ -297,7 +313,7 @@ class FLInferenceAttack(Attack):
                                       "speaker": [speaker_of[o] for o in owners],
                                       "y_true": genders, "y_pred": proba.argmax(1),
                                       "score": proba[:, 1], "client": owners}))
-        extras = ctx.defense.privacy(rounds=self.rounds, sample_rate=target.sample_rate) | {
+        extras = ctx.defense.privacy(**target.recipe._asdict()) | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
         return FoldResult(pd.concat(rows, ignore_index=True), extras)
 

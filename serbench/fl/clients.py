@@ -42,3 +42,18 @@ def make_clients(table: pd.DataFrame, clients_per_speaker: Mapping[str, int], se
             clients.append(Client(f"{speaker}/{part}", str(speaker), str(gender),
                                   np.sort(chunk[:n_train]), np.sort(chunk[n_train:])))
     return clients
+
+
+def schedule(n_clients: int, per_round: int, rounds: int, seed: int) -> np.ndarray:
+    """The clients (indices) the server samples in each round, ``(rounds, per_round)``: a fixed
+    number without replacement per round, seeded. The server draws it, so it knows every
+    client's participations, and DP accounting against it uses them (SPEC §4)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.sort(rng.choice(n_clients, per_round, replace=False))
+                     for _ in range(rounds)]).astype(np.int64)
+
+
+def most_participations(chosen: np.ndarray, n_clients: int, probe_rounds: int = 0) -> int:
+    """The most rounds any client's update reaches the server: sampled rounds, plus the probe
+    rounds in which every client shares one."""
+    return int(np.bincount(chosen.ravel(), minlength=n_clients).max()) + probe_rounds

@@ -18,7 +18,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from serbench.fl.clients import Client
+from serbench.fl.clients import Client, schedule
 from serbench.models.mlp import SERMLP
 from serbench.plugins import Defense
 
@@ -254,10 +254,10 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
     log = UpdateLog(np.repeat(np.arange(cfg.rounds), sizes), [], [],
                     np.zeros(total, dtype=np.int64),
                     {k: torch.empty((total, *params[k].shape)) for k in record})
-    rng = np.random.default_rng(seed)
+    sampled = schedule(len(clients), per_round, cfg.rounds, seed)
     row = 0
     for rnd in range(cfg.rounds):
-        chosen = [int(k) for k in np.sort(rng.choice(len(clients), per_round, replace=False))]
+        chosen = [int(k) for k in sampled[rnd]]
         ks = range(len(clients)) if rnd in probe_rounds else chosen
         shared = dict(zip(ks, updates(params, rnd, ks)))
         for k, update in shared.items():
