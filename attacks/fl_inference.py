@@ -315,7 +315,8 @@ class FLInferenceAttack(Attack):
                                       "score": proba[:, 1], "client": owners}))
         extras = ctx.defense.privacy(**target.recipe._asdict()) | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
-        return FoldResult(pd.concat(rows, ignore_index=True), extras)
+        return FoldResult(pd.concat(rows, ignore_index=True), extras,
+                          ctx.defense.accounting(**target.recipe._asdict()))
 
 
 def _normalise(tensors: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]

@@ -146,6 +146,17 @@ class DPSGD(Defense):
         return {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta / 2), "delta": self.delta,
                 "noise_multiplier": z, "participations": float(steps)}
 
+    def accounting(self, *, rounds: int, sample_rate: float,
+                   participations: int | None = None) -> dict[str, str | float]:
+        """:meth:`privacy` with its context in words (the module docstring in short)."""
+        return self.privacy(rounds=rounds, sample_rate=sample_rate) | {
+            "accountant": "rdp", "clip": self.max_grad_norm, "rounds": float(rounds),
+            "sample_rate": sample_rate,
+            "sampling": "one DP-SGD step on a client's whole local set per participation; "
+                        "participations bounded at δ/2 (Binomial), no amplification",
+            "neighbouring_relation": "sample-level (one utterance) add/remove",
+            "epsilon_against": "the server"}
+
     def make_private(self, model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
                      epochs: int, generator: torch.Generator
                      ) -> tuple[nn.Module, Optimizer, DataLoader]:

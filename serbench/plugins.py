@@ -107,6 +107,12 @@ class Defense(Plugin):
         against the server (which picked the clients: no sampling amplification)."""
         return {}
 
+    def accounting(self, *, rounds: int, sample_rate: float,
+                   participations: int | None = None) -> dict[str, Any]:
+        """:meth:`privacy` with its accounting context (accountant, δ, rounds, sampling scheme,
+        neighbouring relation, clip, ...), recorded in the run and the leaderboard entry."""
+        return {}
+
     def transform_representation(self, h: torch.Tensor, *,
                                  generator: torch.Generator) -> torch.Tensor:
         """REPRESENTATION surface: transform the hidden layer the device transmits."""

@@ -76,6 +76,9 @@ class FoldResult:
 
     predictions: pd.DataFrame
     extras: dict[str, float] = field(default_factory=dict)
+    #: How the deployed defense's guarantee was accounted on this fold (accountant, δ, rounds,
+    #: sampling scheme, neighbouring relation, ...: :meth:`Defense.accounting`), if it has one.
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -194,11 +197,12 @@ class RunDir:
         except (OSError, ValueError) as exc:
             raise SerbenchError(f"{path}: unreadable fold result ({exc}); delete it to re-run "
                                 f"the fold") from None
-        return FoldResult(preds, data.get("extras", {}))
+        return FoldResult(preds, data.get("extras", {}), data.get("accounting", {}))
 
     def save_fold(self, mode: str, fold: int, result: FoldResult) -> None:
         path = self._fold_path(mode, fold)
         # Predictions first: a fold counts as done only once its JSON exists.
         write_csv(path.with_suffix(".predictions.csv"), result.predictions)
         # Keep the attack's metric order: the report lists metrics in it, resumed or not.
-        write_json(path, {"metrics": result.metrics, "extras": result.extras}, sort_keys=False)
+        write_json(path, {"metrics": result.metrics, "extras": result.extras,
+                          "accounting": result.accounting}, sort_keys=False)

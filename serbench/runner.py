@@ -222,7 +222,9 @@ def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
         "worst": None if worst is None else asdict(worst),
         "measures": {name: str(role) for name, role in result.roles.items()},
         "modes": {m.mode: {"folds": m.summary, "pooled": m.pooled.to_dict(orient="records"),
-                           "extras": m.extras} for m in results}})
+                           "extras": m.extras,
+                           "accounting": {str(f): r.accounting for f, r in m.folds.items()
+                                          if r.accounting}} for m in results}})
     write_markdown(result)
     env["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(path / "environment.json", env)
