@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 from torch.optim.adam import adam
 
 from serbench.fl.clients import Client
@@ -163,14 +164,6 @@ def _hidden_widths(params: Params, cfg: FLConfig) -> list[int]:
     return [params[f"{name}.weight"].shape[-2] for name in SERMLP.layer_names[:-1]]
 
 
-def _dropout_masks(rows: int, widths: list[int], p: float, drop: torch.Generator
-                   ) -> list[torch.Tensor]:
-    """The masks ``nn.Dropout(p)`` multiplies the hidden layers' outputs by in one forward
-    pass of ``rows`` rows, drawn as it draws them (``bernoulli_(1 - p)``, then ``/ (1 - p)``),
-    in the forward pass's order."""
-    return [torch.empty(rows, w).bernoulli_(1 - p, generator=drop).div_(1 - p) for w in widths]
-
-
 def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``nn.Linear`` on every client's rows ``h`` (clients, rows, in): one matmul when the
     clients share the layer (FedSGD), a batched one when each has its own (FedAvg)."""
@@ -181,27 +174,34 @@ def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 
 class _Padded:
     """Clients' rows gathered into ``(clients, steps, rows, ...)`` tensors: step ``s`` of
-    client ``i`` uses ``batches[i][s]`` (indices into its data), padded with zero rows.
-    Dropout masks are drawn batch by batch, client by client, as each client's forward passes
-    draw them."""
+    client ``i`` uses ``batches[i][s]`` (indices into its data), padded with zero rows (zero
+    loss weight, zero dropout mask). Dropout masks are drawn in place, batch by batch and
+    client by client, as each client's forward passes draw them."""
 
     def __init__(self, data: Data, batches: list[list[torch.Tensor]], widths: list[int],
                  dropout: float, drops: list[torch.Generator]) -> None:
         steps = max(len(b) for b in batches)
         self.rows = [max(len(b[s]) for b in batches if s < len(b)) for s in range(steps)]
         n, d = len(data), data[0][0].shape[1]
-        self.x = torch.zeros(n, steps, max(self.rows), d)
-        self.y = torch.zeros(n, steps, max(self.rows), dtype=torch.long)
-        self.weight = torch.zeros(n, steps, max(self.rows))
+        # One gather from the clients' rows, concatenated, plus a zero row for the padding.
+        pad = sum(len(y) for _, y in data)
+        index = torch.full((n, steps, max(self.rows)), pad)
+        offset = 0
+        for i, ((_, y), client_batches) in enumerate(zip(data, batches)):
+            rows = pad_sequence(client_batches, batch_first=True, padding_value=-1)
+            index[i, :len(client_batches), :rows.shape[1]] = torch.where(rows < 0, pad,
+                                                                         rows + offset)
+            offset += len(y)
+        self.x = torch.cat([x for x, _ in data] + [torch.zeros(1, d)])[index]
+        self.y = torch.cat([y for _, y in data] + [torch.zeros(1, dtype=torch.long)])[index]
+        real = index < pad
+        self.weight = real / real.sum(-1, keepdim=True).clamp(min=1)
         self.masks = [torch.zeros(n, steps, max(self.rows), w) for w in widths]
-        for i, ((x, y), client_batches, drop) in enumerate(zip(data, batches, drops)):
+        for i, (client_batches, drop) in enumerate(zip(batches, drops)):
             for s, batch in enumerate(client_batches):
-                b = len(batch)
-                self.x[i, s, :b] = x[batch]
-                self.y[i, s, :b] = y[batch]
-                self.weight[i, s, :b] = 1 / b
-                for mask, drawn in zip(self.masks, _dropout_masks(b, widths, dropout, drop)):
-                    mask[i, s, :b] = drawn
+                for mask in self.masks:  # nn.Dropout's draw: bernoulli_(1 - p), / (1 - p)
+                    mask[i, s, :len(batch)].bernoulli_(1 - dropout, generator=drop).div_(
+                        1 - dropout)
 
     def step(self, s: int, active: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                   list[torch.Tensor]]:
