@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from serbench.errors import SerbenchError
 from serbench.fl import batched, engine, get_engine
 from serbench.fl.clients import Client
 from serbench.registry import load_plugin
@@ -120,3 +121,23 @@ def test_batched_updates_do_not_depend_on_the_thread_count() -> None:
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(*runs) for k in a)
+
+
+def test_a_log_that_would_not_fit_in_memory_fails_early_with_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any training: the size, and the option that reduces it, not an OOM kill."""
+    x, y, clients = ragged()
+    cfg = engine.FLConfig("fedsgd", rounds=40, client_fraction=0.5)
+    per_update = 4 * (256 * x.shape[1] + 256)
+    needed = (36 * 4 + 4 * 7) * per_update  # 4 clients a round; 4 probe rounds of all 7
+    monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + needed - 1)
+    with pytest.raises(SerbenchError) as failure:
+        get_engine("inprocess")(x, y, clients, cfg, 0, record=["first.weight", "first.bias"],
+                                probe_rounds=range(0, 40, 10))
+    message = str(failure.value)
+    assert "\n" not in message and "recording 172 FL updates" in message
+    assert "shadow_probe_every" in message
+    monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + needed)
+    run = get_engine("inprocess")(x, y, clients, cfg, 0, record=["first.weight", "first.bias"],
+                                  probe_rounds=range(0, 40, 10))
+    assert len(run.log) == 172

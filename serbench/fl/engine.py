@@ -18,6 +18,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from serbench.errors import SerbenchError
 from serbench.fl.clients import Client, schedule
 from serbench.models.mlp import SERMLP
 from serbench.plugins import Defense
@@ -229,6 +230,38 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
     return run_in_process(serial_updates, x, y, clients, cfg, seed, **options)
 
 
+#: Memory left to everything else when a run checks that its data fit (:func:`check_memory`).
+MEMORY_MARGIN = 2**30
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the kernel's MemAvailable, lowered by a cgroup
+    (v2) limit; ``None`` where neither can be read (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        available = int(info["MemAvailable"]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            available = min(available, int(f.read()) - int(g.read()))
+    except (OSError, ValueError):  # no cgroup v2 limit ("max") or no cgroup files
+        pass
+    return available
+
+
+def check_memory(nbytes: int, what: str, remedy: str) -> None:
+    """Fail early with one line, naming the size and ``remedy``, when ``what`` needs more than
+    the available memory less :data:`MEMORY_MARGIN`: the kernel's OOM killer would end the run
+    later without a message."""
+    available = available_memory()
+    if available is not None and nbytes > available - MEMORY_MARGIN:
+        raise SerbenchError(f"{what} needs {nbytes / 2**30:.1f} GiB, but only "
+                            f"{max(available - MEMORY_MARGIN, 0) / 2**30:.1f} GiB of memory is "
+                            f"available (keeping {MEMORY_MARGIN / 2**30:.0f} GiB free); {remedy}")
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Run client updates on one thread: the result then does not depend on the machine's
@@ -251,6 +284,12 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
     probe_rounds = set(probe_rounds)
     sizes = [len(clients) if r in probe_rounds else per_round for r in range(cfg.rounds)]
     total = sum(sizes)
+    per_update = 4 * sum(params[k].numel() for k in record)  # float32
+    check_memory(total * per_update,
+                 f"recording {total} FL updates of {per_update / 2**20:.2f} MiB "
+                 f"({', '.join(record)})",
+                 "record fewer: fewer rounds or probe rounds, e.g. --attack-param "
+                 "shadow_probe_every=16 or --attack-param rounds=100")
     log = UpdateLog(np.repeat(np.arange(cfg.rounds), sizes), [], [],
                     np.zeros(total, dtype=np.int64),
                     {k: torch.empty((total, *params[k].shape)) for k in record})
