@@ -23,16 +23,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serbench.attacks.target import DeploysTarget, FoldSides, stable_seed
+from serbench.adversarial import linf_perturb
+from serbench.attacks.sides import FoldSides
 from serbench.context import EvalContext
-from serbench.results import FoldResult
-from serbench.defenses.adv import linf_perturb
+from serbench.deploy.split import SplitDeployment, SplitRecipe, defended_proba, stable_seed, \
+    through_input
 from serbench.errors import SerbenchError, unknown_name
-from serbench.fl.engine import single_thread
 from serbench.metrics import emotion_labels
 from serbench.models.targets import FAMILIES, SIZES
-from serbench.models.train import predict_proba
 from serbench.plugins import Attack, Defense, Surface
+from serbench.results import FoldResult
 from serbench.scoring import Role
 
 
@@ -40,15 +40,6 @@ def randomises_input(defense: Defense) -> bool:
     """Whether the defense draws a random transformation of the model input (SPEC §3.3: such a
     defense is scored only against EOT-PGD)."""
     return defense.randomized and Surface.INPUT in defense.surfaces
-
-
-def defended_proba(defense: Defense, net: nn.Module, x: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-    """The deployed prediction: T's class probabilities averaged over the defense's draws of
-    ``transform_input`` (``input_draws``, 1 for a defense without it)."""
-    draws = getattr(defense, "input_draws", 1)
-    return torch.stack([predict_proba(net, [defense.transform_input(x, generator=generator)])
-                        for _ in range(draws)]).mean(0)
 
 
 class Schedule(NamedTuple):
@@ -60,12 +51,11 @@ class Schedule(NamedTuple):
 
 
 @dataclass
-class InputAttack(DeploysTarget, Attack, ABC):
+class InputAttack(Attack, ABC):
     """Shared protocol of the L∞ input attacks. Parameters: ``eps`` (in T's input units,
     z-scored log-mel), T (``target`` family, ``size``, ``frames``, ``target_epochs``, ``lr``)
-    and ``batch_size`` (utterances attacked at once). T is trained and kept per fold as the
-    intercept attack's is (:class:`DeploysTarget`), by ``FoldSides.train_target``, which reads
-    ``padded``, ``size``, ``target_epochs`` and ``lr``."""
+    and ``batch_size`` (utterances attacked at once). T is deployed per fold as the intercept
+    attack's is (:mod:`serbench.deploy.split`), transmitting no layer."""
 
     surface: ClassVar[Surface] = Surface.INPUT
     default_features: ClassVar[str] = "logmel"
@@ -136,32 +126,36 @@ class InputAttack(DeploysTarget, Attack, ABC):
             target = y[i:i + self.batch_size]
 
             def loss(z: torch.Tensor) -> torch.Tensor:
-                return sum(F.cross_entropy(net(shadow.transform_input(z, generator=generator)),
-                                           target, reduction="sum") for _ in range(samples))
+                return sum(F.cross_entropy(net(through_input(shadow, z, generator)), target,
+                                           reduction="sum") for _ in range(samples))
 
             out.append(linf_perturb(loss, x[i:i + self.batch_size], eps=self.eps,
                                     steps=schedule.steps, step_size=schedule.step_size,
                                     random_start=schedule.random_start, generator=generator))
         return torch.cat(out)
 
-    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
+    def recipe(self, ctx: EvalContext) -> SplitRecipe:
+        return SplitRecipe(self.target, self.size, ctx.features, self.frames,
+                           self.target_epochs, self.lr)
+
+    def evaluate_fold(self, ctx: EvalContext, fold: int,
+                      deployed: SplitDeployment) -> FoldResult:
         """Clean and attacked emotion predictions of the fold's speakers, both through the
         deployed defense with the same draws of its randomness."""
-        with single_thread():  # small models: one thread is faster on a busy machine (intercept)
-            run = FoldSides(self, ctx, fold)
-            target, privacy = self.deployed(run)
-            _, rows, _ = run.sides["test"]
-            x, mask = self.padded(ctx.target, target.features)
-            inputs = target.inputs(x[rows], mask[rows])
-            table = run.table("test")
-            y = emotion_labels(table["emotion"], run.classes)
-            attacked = self.perturb(ctx.shadow_defense, target.net, inputs, torch.tensor(y),
-                                    torch.Generator().manual_seed(
-                                        stable_seed(ctx.seed, fold, "attack")))
-            deployed_seed = stable_seed(ctx.seed, fold, "deployed")
-            clean, robust = (defended_proba(ctx.defense, target.net, z, torch.Generator()
-                                            .manual_seed(deployed_seed)).argmax(1).numpy()
-                             for z in (inputs, attacked))
+        target, privacy = deployed.target, deployed.privacy
+        run = FoldSides(ctx, fold)
+        _, rows, _ = run.sides["test"]
+        x, mask = ctx.target.padded(target.features, self.frames)
+        inputs = target.inputs(x[rows], mask[rows])
+        table = run.table("test")
+        y = emotion_labels(table["emotion"], run.classes)
+        attacked = self.perturb(ctx.shadow_defense, target.net, inputs, torch.tensor(y),
+                                torch.Generator().manual_seed(
+                                    stable_seed(ctx.seed, fold, "attack")))
+        deployed_seed = stable_seed(ctx.seed, fold, "deployed")
+        clean, robust = (defended_proba(ctx.defense, target.net, z, torch.Generator()
+                                        .manual_seed(deployed_seed)).argmax(1).numpy()
+                         for z in (inputs, attacked))
         group = self.group(ctx.defense)
         info = {"speaker": table["speaker"].to_numpy(), "emotion": table["emotion"].to_numpy()}
         preds = pd.concat([pd.DataFrame({"task": "emotion", "group": g, "y_true": y,

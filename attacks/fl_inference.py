@@ -17,17 +17,16 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from serbench.context import CorpusData, EvalContext
-from serbench.results import FoldResult
+from serbench.context import EvalContext
+from serbench.deploy.federated import FLDeployment, FLRecipe, federate
 from serbench.errors import SerbenchError
-from serbench.fl.clients import make_clients, most_participations, schedule
-from serbench.fl import get_engine
-from serbench.fl.engine import FLConfig, FLRun, UpdateLog, init_params, predict
+from serbench.fl.engine import FLConfig, UpdateLog, predict
 from serbench.metrics import emotion_classes, emotion_labels
-from serbench.scoring import uar
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Attack, Surface
+from serbench.results import FoldResult
+from serbench.scoring import uar
 
 
 class UpdateAttackModel(nn.Module):
@@ -123,24 +122,6 @@ class _Fitted(NamedTuple):
     selection: dict[str, float]  #: held-out shadow UAR of each candidate model
 
 
-class Recipe(NamedTuple):
-    """What a DP defense is calibrated and accounted for: the FL run's rounds, its client
-    sampling rate and the most participations of any client in its seeded schedule."""
-
-    rounds: int
-    sample_rate: float
-    participations: int
-
-
-class _TargetRun(NamedTuple):
-    """The current fold's target FL run with the deployed defense: the same in both modes."""
-
-    key: tuple  #: (corpus, fold, defense, engine, seed) it was run for
-    run: FLRun
-    recipe: Recipe
-    averaged: dict[int | None, tuple]  #: :func:`average_updates` by n, filled on demand
-
-
 @dataclass
 class FLInferenceAttack(Attack):
     """Shared by ``fedsgd`` and ``fedavg``; only the FL algorithm differs."""
@@ -161,7 +142,6 @@ class FLInferenceAttack(Attack):
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
-    _target: _TargetRun | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
         if self.layer not in SERMLP.layer_names:
@@ -198,28 +178,10 @@ class FLInferenceAttack(Attack):
     def recorded(self) -> tuple[str, str]:
         return f"{self.layer}.weight", f"{self.layer}.bias"
 
-    def _federate(self, data: CorpusData, rows: np.ndarray, ctx: EvalContext, seed: int,
-                  defense, description: str, probe_rounds: range = range(0)
-                  ) -> tuple[FLRun, Recipe]:
-        table = data.table.iloc[rows].reset_index(drop=True)
-        x = data.features(ctx.features)[rows]
-        y = emotion_labels(table["emotion"], emotion_classes(ctx.target.table["emotion"]))
-        clients = make_clients(table, data.clients_per_speaker, seed)
-        cfg = self.fl_config(ctx)
-        per_round = cfg.clients_per_round(len(clients))
-        # The server draws the schedule, so DP accounting against it counts each client's
-        # participations in it (probe rounds: every client shares an update).
-        chosen = schedule(len(clients), per_round, cfg.rounds, seed)
-        recipe = Recipe(cfg.rounds, per_round / len(clients),
-                        most_participations(chosen, len(clients), len(probe_rounds)))
-        defense.calibrate(**recipe._asdict())
-        # The server initialises the global model, so the attacker shadows from the same start.
-        init = init_params(x.shape[1], cfg, ctx.seed)
-        with ctx.reporter.track(description, cfg.rounds) as advance:
-            run = get_engine(ctx.engine)(x, y, clients, cfg, seed, init=init, defense=defense,
-                                         record=self.recorded, probe_rounds=probe_rounds,
-                                         on_round=advance)
-        return run, recipe
+    def recipe(self, ctx: EvalContext) -> FLRecipe:
+        """The FL training the server runs, recording the attacked layer's updates."""
+        return FLRecipe(self.fl_config(ctx), self.recorded, ctx.features,
+                        emotion_classes(ctx.target.table["emotion"]))
 
     def fit(self, ctx: EvalContext) -> None:
         if ctx.shadow is None:
@@ -228,8 +190,10 @@ class FLInferenceAttack(Attack):
         # The server knows each round's global model, so it can compute every shadow client's
         # update on it (probing), not just the sampled clients' ones.
         probe = range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every else range(0)
-        run, _ = self._federate(shadow, np.arange(len(shadow.table)), ctx, ctx.seed + 7919,
-                                ctx.shadow_defense, f"shadow {self.algorithm} ({ctx.mode})", probe)
+        run = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
+                       ctx.shadow_defense, seed=ctx.seed + 7919, init_seed=ctx.seed,
+                       engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
+                       description=f"shadow {self.algorithm} ({ctx.mode})").run
         weight, bias = (run.log.layers[n] for n in self.recorded)
         stats = [(t.mean(0), t.std(0) + 1e-8) for t in (weight, bias)]
         # Train on the averages the attack will classify too (chunks of n of one client's
@@ -278,22 +242,10 @@ class FLInferenceAttack(Attack):
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
 
-    def _target_run(self, ctx: EvalContext, fold: int, train: np.ndarray) -> _TargetRun:
-        """The target's FL run on ``fold``'s training speakers with the deployed defense,
-        computed once for both attack modes."""
-        key = (id(ctx.target), fold, id(ctx.defense), ctx.engine, ctx.seed)
-        if self._target is None or self._target.key != key:
-            self._target = None  # free the previous fold's updates first
-            run, recipe = self._federate(ctx.target, train, ctx, ctx.seed + fold, ctx.defense,
-                                         f"fold {fold}: target {self.algorithm}")
-            self._target = _TargetRun(key, run, recipe, {})
-        return self._target
-
-    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
+    def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table
-        train, test = np.flatnonzero(table["fold"] != fold), np.flatnonzero(table["fold"] == fold)
-        target = self._target_run(ctx, fold, train)
-        run = target.run
+        test = np.flatnonzero(table["fold"] == fold)
+        run = deployed.run
         fitted = self._fitted[ctx.mode]
         x_test = ctx.target.features(ctx.features)[test]
         y_test = emotion_labels(table["emotion"].iloc[test], emotion_classes(table["emotion"]))
@@ -303,20 +255,18 @@ class FLInferenceAttack(Attack):
         rows = [pd.DataFrame({"task": "emotion", "group": "", "speaker": speakers,
                               "y_true": y_test, "y_pred": y_pred})]
         speaker_of = dict(zip(run.log.clients, run.log.speakers))
-        averaged = target.averaged  # shared by the modes, like the run
         for n in self.averaging_sizes():
-            if n not in averaged:
-                averaged[n] = average_updates(run.log, self.recorded, n)
-            inputs, genders, owners = averaged[n]
+            if ("averaged", n) not in deployed.views:  # shared by the modes, like the run
+                deployed.views["averaged", n] = average_updates(run.log, self.recorded, n)
+            inputs, genders, owners = deployed.views["averaged", n]
             proba = predict_proba(fitted.model, _normalise(inputs, fitted.stats)).numpy()
             rows.append(pd.DataFrame({"task": "gender", "group": f"n={n or 'all'}",
                                       "speaker": [speaker_of[o] for o in owners],
                                       "y_true": genders, "y_pred": proba.argmax(1),
                                       "score": proba[:, 1], "client": owners}))
-        extras = ctx.defense.privacy(**target.recipe._asdict()) | {
+        extras = deployed.privacy | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
-        return FoldResult(pd.concat(rows, ignore_index=True), extras,
-                          ctx.defense.accounting(**target.recipe._asdict()))
+        return FoldResult(pd.concat(rows, ignore_index=True), extras, deployed.accounting)
 
 
 def _normalise(tensors: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]

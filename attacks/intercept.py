@@ -25,17 +25,18 @@ import torch
 from torch import nn
 
 from serbench.analyses import write_analysis
-from serbench.attacks.target import DeploysTarget, FoldSides, Target, stable_seed
+from serbench.attacks.sides import FoldSides
 from serbench.context import EvalContext
 from serbench.results import FoldResult
 from serbench.corpora.base import GENDERS
+from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, stable_seed, \
+    train_target, transmit
 from serbench.errors import SerbenchError, unknown_name
-from serbench.fl.engine import single_thread
-from serbench.metrics import emotion_labels
+from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, build, \
     check_layer, default_layer, readable_layers
 from serbench.models.train import fit_classifier, predict_proba
-from serbench.plugins import Attack, Defense, Surface
+from serbench.plugins import Attack, Surface
 from serbench.results import write_csv
 
 
@@ -100,12 +101,10 @@ class _Fit(NamedTuple):
     seed: int
     test: torch.Tensor | None = None
     n_gender: int = 0
-    #: A defense that ``trains`` (adversarial training, DP-SGD) wraps the training.
-    defense: Defense | None = None
 
     def train(self) -> nn.Module:
         return fit_classifier(self.model, [self.x], self.y, epochs=self.epochs, lr=self.lr,
-                              weight_decay=1e-4, seed=self.seed, defense=self.defense)
+                              weight_decay=1e-4, seed=self.seed)
 
     def predict(self) -> np.ndarray:
         """The attacker's gender probabilities (rows: test utterances; columns: codes)."""
@@ -125,7 +124,7 @@ def _workers(requested: int) -> int:
 
 
 @dataclass
-class InterceptAttack(DeploysTarget, Attack):
+class InterceptAttack(Attack):
     """Parameters: T (``target`` family, ``size``, ``layer`` k), the attackers (``scenarios``,
     ``attackers``, ``other`` = the CNN family of s2/s3), training (``frames``,
     ``target_epochs``, ``epochs``, ``lr``, ``workers``) and the ``analyses`` (with
@@ -197,6 +196,10 @@ class InterceptAttack(DeploysTarget, Attack):
             raise SerbenchError(f"intercept scenario(s) {', '.join(shadowed)} train the attacker "
                                 f"on shadow speakers: give --shadow disjoint (or other datasets), "
                                 f"or --attack-param scenarios=worst,s2")
+        if shadowed and "aware" in _items(self.attackers, ATTACKERS, "attacker"):
+            # The application-aware attacker learns T's emotion task on the shadow speakers:
+            # it needs their labels in T's classes (fails here, before any training).
+            emotion_labels(ctx.shadow.table["emotion"], emotion_classes(ctx.target.table["emotion"]))
         if analyses and ctx.out_dir is None:
             raise SerbenchError("intercept analyses write to the run directory: run them with "
                                 "`serbench eval` (EvalContext.out_dir is not set)")
@@ -204,20 +207,26 @@ class InterceptAttack(DeploysTarget, Attack):
             ctx.reporter.log(f"analysis 'improvised' skipped: dataset {ctx.target.name!r} has no "
                              f"'improvised' column (IEMOCAP has one)")
 
-    def noise_layer(self) -> str:
-        return self.k
+    def recipe(self, ctx: EvalContext, family: str | None = None,
+               features: str | None = None) -> SplitRecipe:
+        """T as the device runs it, transmitting layer k (another ``family`` or ``features``:
+        the models the features analysis compares, which transmit nothing in training)."""
+        if family is None and features is None:
+            return SplitRecipe(self.target, self.size, ctx.features, self.frames,
+                               self.target_epochs, self.lr, self.k)
+        return SplitRecipe(family or self.target, self.size, features or ctx.features,
+                           self.frames, self.target_epochs, self.lr)
 
-    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
-        # One thread (the models are too small to split; on the busy 2-core machine two threads
-        # trained them ten times slower, measured); more cores serve through worker processes.
-        with single_thread():
-            run = _FoldRun(self, ctx, fold)
-            target, privacy = self.deployed(run)
-            main = run.leakage(target, self.k, self.jobs(self.scenarios))
-            preds = run.frame(main)
-            if self.analyses:
-                self.write_analyses(ctx, fold, run, target, main, preds)
-        return FoldResult(preds, privacy)
+    def evaluate_fold(self, ctx: EvalContext, fold: int,
+                      deployed: SplitDeployment) -> FoldResult:
+        # More cores serve through worker processes: the models are too small to split (on
+        # the busy 2-core machine two threads trained them ten times slower, measured).
+        run = _FoldRun(self, ctx, fold)
+        main = run.leakage(deployed.target, self.k, self.jobs(self.scenarios))
+        preds = run.frame(main)
+        if self.analyses:
+            self.write_analyses(ctx, fold, run, deployed.target, main, preds)
+        return FoldResult(preds, deployed.privacy)
 
     def write_analyses(self, ctx: EvalContext, fold: int, run: _FoldRun, target: Target,
                        main: _Leakage, preds: pd.DataFrame) -> None:
@@ -236,7 +245,9 @@ class InterceptAttack(DeploysTarget, Attack):
                 for family in families:
                     layer = default_layer(family)
                     same = (family, features, layer) == (self.target, ctx.features, self.k)
-                    model = target if same else run.train_target(family, features)
+                    model = target if same else train_target(
+                        self.recipe(ctx, family, features), ctx.target, run.sides["target"][1],
+                        None, stable_seed(ctx.seed, fold, "target", family, features))
                     result = run.leakage(model, layer, jobs, main if same else None)
                     frames.append(run.frame(result, jobs).assign(
                         analysis="features", model=f"{family} on {features} ({layer})"))
@@ -266,7 +277,9 @@ class _FoldRun(FoldSides):
     """One fold of the intercept attack: T trained without the fold's speakers (the sides of
     :class:`FoldSides`), attacked at one or more layers."""
 
-    attack: InterceptAttack
+    def __init__(self, attack: InterceptAttack, ctx: EvalContext, fold: int) -> None:
+        super().__init__(ctx, fold)
+        self.attack = attack
 
     def labels(self, side: str, attacker: str) -> torch.Tensor:
         """Gender codes; for the application-aware attacker, joint (gender, emotion) codes."""
@@ -279,11 +292,11 @@ class _FoldRun(FoldSides):
     def transmitted(self, target: Target, layer: str, side: str) -> torch.Tensor:
         """h_T at ``layer`` for ``side``'s utterances, through that side's defense."""
         data, rows, defense = self.sides[side]
-        x, mask = self.attack.padded(data, target.features)
+        x, mask = data.padded(target.features, self.attack.frames)
         h = target.hidden(target.inputs(x[rows], mask[rows]), layer)
         generator = torch.Generator().manual_seed(
             stable_seed(self.ctx.seed, self.fold, side, layer, target.net.family, target.features))
-        return defense.transform_representation(h, generator=generator)
+        return transmit(defense, h, generator)
 
     def attacker(self, target: Target, layer: str, scenario: str, attacker: str,
                  shape: tuple[int, int, int], seed: int) -> nn.Module:

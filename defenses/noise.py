@@ -19,6 +19,8 @@ class NoiseInjection(Defense):
     summary: ClassVar[str] = "Gaussian noise on the transmitted representation or shared update (σ or SNR)"
     surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.REPRESENTATION, Surface.UPDATE})
     randomized: ClassVar[bool] = True
+    #: T trains with this noise on the transmitted layer (SPEC §4's noise-aware training).
+    noise_aware: ClassVar[bool] = True
 
     sigma: float | None = 0.01
     snr_db: float | None = None

@@ -130,6 +130,38 @@ def eval_cmd(
         print_report(result, console)
 
 
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory (finished or partial).")],
+) -> None:
+    """Print a run's report again, scored from its fold files (also in RUN/report.md)."""
+    from serbench.report import print_report
+    from serbench.runner import load_result
+
+    print_report(load_result(run), console)
+
+
+@app.command("check-defense")
+def check_defense_cmd(
+    defense: Annotated[str, typer.Argument(help="path/to/file.py:ClassName or an installed "
+                                                "defense's name.")],
+) -> None:
+    """Check that a defense meets serbench's contract (shapes, determinism, RNG, pickling)."""
+    from serbench.registry import load_plugin
+    from serbench.testing import check_defense
+
+    checks = check_defense(load_plugin("defense", defense))
+    for check in checks:
+        mark = "[green]ok[/]" if check.passed else "[red]FAIL[/]"
+        console.print(f"{mark} {escape(check.name)}"
+                      + (f": {escape(check.reason)}" if check.reason else ""), highlight=False)
+    failed = sum(not c.passed for c in checks)
+    if failed:
+        console.print(f"{failed} of {len(checks)} checks failed")
+        raise typer.Exit(1)
+    console.print(f"all {len(checks)} checks passed")
+
+
 @app.command("list")
 def list_cmd(
     what: Annotated[Optional[str], typer.Argument(

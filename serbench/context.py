@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from serbench.features.extractors import feature_spec
-from serbench.features.store import extract, zscore_per_speaker
+from serbench.features.store import extract, pad_sequences, zscore_per_speaker
 from serbench.plugins import Defense
 from serbench.progress import NullReporter, Reporter
 
@@ -24,6 +25,8 @@ class CorpusData:
     clients_per_speaker: dict[str, int] = field(default_factory=dict)
     reporter: Reporter = field(default_factory=NullReporter)
     _features: dict[str, object] = field(default_factory=dict, repr=False)
+    _padded: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False)
 
     def features(self, name: str) -> np.ndarray | list[np.ndarray]:
         """Functionals as a per-speaker z-normalised matrix; sequences as a list of arrays."""
@@ -36,6 +39,13 @@ class CorpusData:
                 values = zscore_per_speaker(np.stack(values), self.table["speaker"].to_numpy())
             self._features[name] = values
         return self._features[name]
+
+    def padded(self, features: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence features at one fixed length with their mask (a CNN's input), computed
+        once per corpus and shared by every fold."""
+        if (features, frames) not in self._padded:
+            self._padded[features, frames] = pad_sequences(self.features(features), frames)
+        return self._padded[features, frames]
 
 
 @dataclass

@@ -25,6 +25,7 @@ from serbench.scoring import Role
 
 if TYPE_CHECKING:
     from serbench.context import EvalContext
+    from serbench.deploy import Deployment, Recipe
     from serbench.results import FoldResult
 
 
@@ -88,6 +89,14 @@ class Defense(Plugin):
     #: The defense changes how models are trained (T, and each FL client's local training):
     #: trainers then call :meth:`make_private` and :meth:`training_batch`.
     trains: ClassVar[bool] = False
+    #: T trains with :meth:`transform_representation` applied at the transmitted layer
+    #: (noise-aware training, SPEC §4): declared, so wrapping the method changes nothing.
+    noise_aware: ClassVar[bool] = False
+
+    @property
+    def input_draws(self) -> int:
+        """How many draws of :meth:`transform_input` one deployed prediction averages."""
+        return 1
 
     def calibrate(self, *, rounds: int, sample_rate: float,
                   participations: int | None = None) -> None:
@@ -142,14 +151,14 @@ class Defense(Plugin):
 
 @dataclasses.dataclass
 class Attack(Plugin, ABC):
-    """An attack owns its protocol: :meth:`fit` does the fold-independent work (the attacker's
-    shadow training), :meth:`evaluate_fold` attacks the target trained without one fold's
-    speakers and returns that fold's metrics and predictions.
+    """An attack reads a deployed target: :meth:`recipe` says what to deploy, :meth:`fit` does
+    the fold-independent work of a mode (the attacker's shadow training), and
+    :meth:`evaluate_fold` attacks the deployment the runner built for one fold and returns the
+    predictions with their roles (:meth:`role`). It calls no defense hook itself: the
+    deployment stage (:mod:`serbench.deploy`) applies the defense.
 
     One instance serves both attack modes (SPEC §5): the runner calls :meth:`fit` once per
-    mode, then :meth:`evaluate_fold` fold by fold, each fold in every mode in turn. What
-    ``fit`` learns is therefore kept per ``ctx.mode``, and work both modes share (the target
-    trained on a fold) can be kept until the next fold."""
+    mode, so what it learns is kept per ``ctx.mode``."""
 
     kind: ClassVar[str] = "attack"
     surface: ClassVar[Surface]
@@ -159,12 +168,20 @@ class Attack(Plugin, ABC):
     feature_kinds: ClassVar[tuple[str, ...]]
 
     @abstractmethod
-    def fit(self, ctx: EvalContext) -> None:
-        """Train the attacker on ``ctx.shadow`` (with ``ctx.shadow_defense`` applied)."""
+    def recipe(self, ctx: EvalContext) -> Recipe:
+        """What this attack needs deployed: the runner builds it once per fold
+        (:func:`serbench.deploy.deploy`) and passes it to :meth:`evaluate_fold` in every
+        mode."""
 
     @abstractmethod
-    def evaluate_fold(self, ctx: EvalContext, fold: int) -> FoldResult:
-        """Train the target without ``fold``'s speakers, attack it, return its predictions."""
+    def fit(self, ctx: EvalContext) -> None:
+        """The fold-independent work of one attack mode (e.g. the attacker's shadow training
+        on ``ctx.shadow`` with ``ctx.shadow_defense``)."""
+
+    @abstractmethod
+    def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: Deployment) -> FoldResult:
+        """Attack ``deployed`` (the target trained without ``fold``'s speakers) and return the
+        predictions on what it attacked."""
 
     def role(self, task: str, group: str) -> Role:
         """What the measure ``task@group`` of this attack's predictions says (SPEC §6): the

@@ -107,7 +107,8 @@ def _notes(result: RunResult) -> list[str]:
 
 def _rich(grid: _Grid) -> Table:
     table = Table(title=grid.title, title_justify="left", box=box.SIMPLE_HEAD,
-                  header_style="bold", pad_edge=False)
+                  header_style="bold", pad_edge=False, collapse_padding=True,
+                  min_width=len(grid.title))
     table.add_column(grid.header[0], overflow="fold", ratio=1)
     for name in grid.header[1:]:
         table.add_column(name, justify="right", no_wrap=True)

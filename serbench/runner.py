@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from serbench.context import EvalContext
+from serbench.deploy import deploy
 from serbench.results import FoldResult
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
@@ -162,14 +163,18 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     for mode, ctx in contexts.items():
         if any(r is None for r in done[mode].values()):
             attack.fit(ctx)
-    # Fold by fold, both modes: what the modes share (the target trained on the fold with the
-    # deployed defense) is computed once and need not outlive the fold.
+    # Fold by fold: the deployment stage builds the target with the deployed defense once, and
+    # every attack mode attacks that same deployment.
+    recipe = attack.recipe(contexts[modes[0]])
     for fold in folds:
-        for mode, ctx in contexts.items():
-            if done[mode][fold] is None:
-                done[mode][fold] = attack.evaluate_fold(ctx, fold)
-                run_dir.save_fold(mode, fold, done[mode][fold])
+        todo = [mode for mode in modes if done[mode][fold] is None]
+        deployed = deploy(recipe, target, fold, defense, seed=cfg.seed, engine=cfg.engine,
+                          reporter=reporter) if todo else None
+        for mode in todo:
+            done[mode][fold] = attack.evaluate_fold(contexts[mode], fold, deployed)
+            run_dir.save_fold(mode, fold, done[mode][fold])
             reporter.log(f"{mode} fold {fold} done")
+        del deployed  # the fold's target and its updates need not outlive it
     result = _result(run_dir.path, resolved, attack, done)
     _write_outputs(result, env)
     return result

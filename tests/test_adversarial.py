@@ -20,6 +20,7 @@ from serbench.plugins import Defense
 from serbench.protocol import load_corpus, split_disjoint
 from serbench.registry import load_plugin
 from serbench.runner import EvalConfig, run_eval
+from deployed import evaluate_fold
 
 # The intercept tests' small corpus (its cache is shared when the suite runs), short inputs
 # and few epochs: fold 1 keeps 96 held-out utterances of 4 target speakers.
@@ -42,7 +43,7 @@ def robust_uar(attack: InputAttack, corpus: tuple[CorpusData, CorpusData], defen
     ctx = EvalContext(*corpus, defense, defense if adaptive else NoDefense(), "logmel", 0,
                       "adaptive" if adaptive else "non-adaptive")
     attack.fit(ctx)
-    preds = attack.evaluate_fold(ctx, 1).predictions
+    preds = evaluate_fold(attack, ctx, 1).predictions
     rows = preds[preds["group"].str.endswith(f"/{attack.name}")]
     assert len(rows) == (preds["group"] == "").sum() > 0
     return uar(rows["y_true"].to_numpy(), rows["y_pred"].to_numpy())

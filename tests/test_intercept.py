@@ -20,6 +20,7 @@ from serbench.plugins import Defense, Surface
 from serbench.progress import NullReporter
 from serbench.protocol import load_corpus, split_disjoint
 from serbench.runner import EvalConfig, run_eval
+from deployed import evaluate_fold
 from test_cli import assert_one_line_error, serbench
 
 # Half the default corpus's utterances and fewer epochs keep the suite fast; every scenario
@@ -40,7 +41,7 @@ def leakage_over_folds(dataset_options: dict, params: dict) -> dict[str, float]:
     ctx = EvalContext(target, shadow, NoDefense(), NoDefense(), "logmel", 0)
     attack = InterceptAttack(**params)
     attack.fit(ctx)
-    preds = pd.concat([attack.evaluate_fold(ctx, fold).predictions
+    preds = pd.concat([evaluate_fold(attack, ctx, fold).predictions
                        for fold in sorted(set(target.table["fold"]))])
     return {group: uar(rows["y_true"].to_numpy(), rows["y_pred"].to_numpy())
             for group, rows in preds.query("task == 'gender'").groupby("group")}
@@ -124,7 +125,7 @@ def test_improvised_analysis_splits_iemocap_style_tables(tmp_path: Path) -> None
     attack = InterceptAttack(epochs=1, target_epochs=1, scenarios="worst",
                              attackers="generic", analyses="improvised")
     attack.fit(ctx)
-    attack.evaluate_fold(ctx, 1)
+    evaluate_fold(attack, ctx, 1)
     table = pd.read_csv(tmp_path / "analyses" / "non-adaptive" / "improvised.csv")
     assert set(table.query("task == 'gender'")["utterances"]) == {"improvised", "scripted"}
 
@@ -136,6 +137,7 @@ class Scramble(Defense):
     name = "scramble"
     summary = "test double"
     surfaces = frozenset({Surface.REPRESENTATION})
+    noise_aware = True
 
     def __post_init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
@@ -160,7 +162,7 @@ def test_the_defense_sees_every_transmission(tmp_path: Path) -> None:
     attack = InterceptAttack(epochs=2, target_epochs=2, scenarios="worst,s1",
                              attackers="generic")
     attack.fit(ctx)
-    result = attack.evaluate_fold(ctx, 1)
+    result = evaluate_fold(attack, ctx, 1)
     n_test = int((ctx.target.table["fold"] == 1).sum())
     assert target_side.shapes == [(n_test, 4, 32, 25)]  # the fold's speakers at pool1
     assert target_side.trained == 2 * (len(ctx.target.table) - n_test)
@@ -204,7 +206,7 @@ def test_bad_parameters(params: dict, fragment: str) -> None:
 
 
 def test_pad_and_crop_keep_the_centre() -> None:
-    from serbench.attacks.target import pad_sequences
+    from serbench.features.store import pad_sequences
 
     long, short = np.arange(10.0)[:, None], np.ones((3, 1))
     x, mask = pad_sequences([long, short], 4)

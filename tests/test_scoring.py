@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from serbench.scoring import Role, measure_metrics, pooled, speaker_bootstrap, uar, \
     utterance_bootstrap, worst_case
@@ -70,3 +70,10 @@ def test_worst_case_ci_is_widened_for_the_number_of_measures() -> None:
                               cells[(worst.mode, worst.measure)]["speaker"].to_numpy())
     assert worst.ci_low <= plain[0] and worst.ci_high >= plain[1]
     assert worst.ci_low <= 0.5 <= worst.ci_high
+
+
+def test_uar_is_scikit_learns_balanced_accuracy() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        y_true, y_pred = rng.integers(0, 4, 50), rng.integers(0, 5, 50)
+        assert uar(y_true, y_pred) == balanced_accuracy_score(y_true, y_pred)

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from serbench.cache import serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
@@ -91,3 +92,16 @@ def zscore_per_speaker(features: np.ndarray, speakers: Sequence[str]) -> np.ndar
         block = features[rows]
         out[rows] = (block - block.mean(axis=0)) / (block.std(axis=0) + 1e-8)
     return out
+
+
+def pad_sequences(seqs: list[np.ndarray], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, dims, frames) sequences centre-cropped or zero-padded at the end, and the (N, 1,
+    frames) mask of real frames: a CNN's input has one fixed length."""
+    x = np.zeros((len(seqs), seqs[0].shape[1], frames), dtype=np.float32)
+    mask = np.zeros((len(seqs), 1, frames), dtype=np.float32)
+    for i, seq in enumerate(seqs):
+        start = max(0, (len(seq) - frames) // 2)
+        part = seq[start:start + frames]
+        x[i, :, :len(part)] = part.T
+        mask[i, :, :len(part)] = 1.0
+    return torch.from_numpy(x), torch.from_numpy(mask)

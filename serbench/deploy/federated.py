@@ -1,0 +1,85 @@
+"""The FL surface deployed: the target's FL training with the defense on every client, every
+shared update recorded as the honest-but-curious server sees it (SPEC §3.2), and the defense's
+guarantee accounted for the run's own client schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from serbench.context import CorpusData
+from serbench.fl import get_engine
+from serbench.fl.clients import make_clients, most_participations, schedule
+from serbench.fl.engine import FLConfig, FLRun, init_params
+from serbench.metrics import emotion_labels
+from serbench.plugins import Defense
+from serbench.progress import Reporter
+
+
+@dataclass(frozen=True)
+class FLRecipe:
+    """What an FL attack needs deployed: the FL recipe, the parameters whose updates the
+    server records, and the feature set the clients train on."""
+
+    cfg: FLConfig
+    record: tuple[str, ...]
+    features: str
+    #: The target corpus's emotion classes: the model's outputs on every side.
+    classes: tuple[str, ...]
+
+
+class Accounted(NamedTuple):
+    """What a DP defense is calibrated and accounted for: the FL run's rounds, its client
+    sampling rate and the most participations of any client in its seeded schedule."""
+
+    rounds: int
+    sample_rate: float
+    participations: int
+
+
+@dataclass
+class FLDeployment:
+    """One FL run with the defense: its final model, every recorded update, and the defense's
+    guarantee (numbers and accounting context) for this run."""
+
+    run: FLRun
+    accounted: Accounted
+    privacy: dict[str, float]
+    accounting: dict[str, Any]
+    #: Attack-side views of the updates (e.g. averages over n rounds), computed once and shared
+    #: by the attack modes that read this deployment.
+    views: dict[Any, Any] = field(default_factory=dict)
+
+
+def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defense, *,
+             seed: int, init_seed: int, engine: str, reporter: Reporter, description: str,
+             probe_rounds: Collection[int] = ()) -> FLDeployment:
+    """Train ``recipe``'s FL model on ``data``'s ``rows`` with ``defense`` on every client.
+
+    The server initialises the global model from ``init_seed`` (the attacker shadows from the
+    same start) and samples clients with ``seed``. In ``probe_rounds`` every client's update is
+    recorded (an attacker simulating shadow clients), so they count as participations too.
+    Labels outside the target's classes (a shadow corpus's own) are dealt over its outputs.
+    """
+    table = data.table.iloc[rows].reset_index(drop=True)
+    x = data.features(recipe.features)[rows]
+    y = emotion_labels(table["emotion"], recipe.classes, deal_others=True)
+    clients = make_clients(table, data.clients_per_speaker, seed)
+    cfg = recipe.cfg
+    per_round = cfg.clients_per_round(len(clients))
+    # The server draws the schedule, so DP accounting against it counts each client's
+    # participations in it.
+    chosen = schedule(len(clients), per_round, cfg.rounds, seed)
+    accounted = Accounted(cfg.rounds, per_round / len(clients),
+                          most_participations(chosen, len(clients), len(probe_rounds)))
+    defense.calibrate(**accounted._asdict())
+    init = init_params(x.shape[1], cfg, init_seed)
+    with reporter.track(description, cfg.rounds) as advance:
+        run = get_engine(engine)(x, y, clients, cfg, seed, init=init, defense=defense,
+                                 record=recipe.record, probe_rounds=probe_rounds,
+                                 on_round=advance)
+    return FLDeployment(run, accounted, defense.privacy(**accounted._asdict()),
+                        defense.accounting(**accounted._asdict()))
