@@ -1,11 +1,13 @@
 """``--engine inprocess`` (the default): a round's clients as one batched computation.
 
 Each client's update is :func:`serbench.fl.engine.local_update`'s, computed for many clients at
-once: the clients' parameters are stacked along a leading client dimension, the MLP's forward
-is a chain of batched matmuls (``baddbmm``), autograd gives every client's gradient from one
-backward pass (the summed loss separates by client), and FedAvg's Adam is the
-``torch.optim.Adam(foreach=True)`` step written on the stacked tensors. A tiny MLP spends most
-of its per-client time in operator overhead, which batching pays once per round instead.
+once. FedSGD clients share the global model, so the forward pass over all their rows is one
+matmul per layer; FedAvg clients' parameters are stacked along a leading client dimension and
+each layer is a batched matmul (``baddbmm``). Autograd gives the gradient at each layer's
+output, and every client's weight gradient is one batched matmul from it. FedAvg's Adam is
+``torch.optim``'s functional ``adam`` (default betas and eps, the engine's lr) on the stacked
+tensors. The per-client engine spends most of its time on per-operator overhead of a tiny MLP,
+which batching pays once per round instead (benchmarks/fl_engine.py, docs/performance.md).
 
 The randomness is ``local_update``'s, client by client: minibatch order from
 ``torch.randperm(n, generator=gen)`` with ``gen`` seeded by the client's seed, dropout masks
@@ -15,8 +17,9 @@ generator with the same seed (``local_update`` seeds the global RNG with it), an
 largest batch, padded rows have zero loss weight and zero dropout mask, and a client with fewer
 local steps drops out of the batch when its steps end (clients are ordered by step count, so
 the active ones are a prefix). The updates equal ``local_update``'s up to float summation
-order (tests/test_fl_engine.py states the tolerance). A defense that ``trains`` (DP-SGD,
-adversarial training) wraps a real module and optimizer, so its clients run one by one.
+order and Adam's fused kernel (tests/test_fl_engine.py states the tolerance). A defense that
+``trains`` (DP-SGD, adversarial training) wraps a real module and optimizer, so its clients
+run one by one through ``local_update``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from serbench.fl.engine import FLConfig, FLRun, Params, run_in_process, serial_u
 from serbench.models.mlp import SERMLP
 from serbench.plugins import Defense
 
-#: Clients computed together; more only costs memory (about 5 parameter copies each) once the
-#: per-operator overhead is amortised.
+#: Clients computed together: enough to amortise per-operator overhead; each costs about four
+#: copies of the parameters (its update, Adam's two moments, its gradient).
 CHUNK = 16
 
 Data = Sequence[tuple[torch.Tensor, torch.Tensor]]
