@@ -10,8 +10,9 @@ thread (the in-process engines' setting), so their ratios are measured under the
 - ``per-client``: ``inprocess-serial``, one ``local_update`` per client;
 - ``plain loop``: the reference's structure, an ``nn.Module`` per client loaded with the
   global weights and trained by its own optimizer over a ``DataLoader``;
-- ``flower``: Flower's simulation engine, at ``--flower-rounds`` rounds, run once (Ray's
-  start-up included, so its rate is a lower bound), skipped with ``--flower-rounds 0``.
+- ``flower``: Flower's simulation engine, at ``--flower-rounds`` rounds, run once after a
+  one-round warm-up (each run starts Ray anew, so its rate includes that start-up, as every
+  ``--engine flower`` run's does), skipped with ``--flower-rounds 0``.
 
 Each variant runs ``--repeats`` times, the variants taking turns, and its fastest run counts:
 on a shared machine that is the run least slowed by others' load.
@@ -27,6 +28,7 @@ import copy
 import os
 import subprocess
 import time
+from dataclasses import replace
 from collections.abc import Callable
 
 import numpy as np
@@ -81,39 +83,40 @@ def plain_loop(x: np.ndarray, y: np.ndarray, clients: list[Client], cfg: FLConfi
         net.load_state_dict(params)
 
 
-def best_rates(variants: dict[str, Callable[[], object]], steps: int, repeats: int
-               ) -> dict[str, float]:
-    """Client steps per second of each variant, from its fastest of ``repeats`` runs; the
-    variants take turns, so a change in the machine's load hits them alike."""
+def best_rates(variants: dict[str, Callable[[FLConfig], object]], cfg: FLConfig,
+               repeats: int) -> dict[str, float]:
+    """Client steps per second of each variant on ``cfg``, from its fastest of ``repeats``
+    runs after a one-round warm-up (first calls import and initialise lazily); the variants
+    take turns, so a change in the machine's load hits them alike."""
+    for run in variants.values():
+        run(replace(cfg, rounds=1))
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):
         for name, run in variants.items():
             start = time.perf_counter()
-            run()
+            run(cfg)
             best[name] = min(best[name], time.perf_counter() - start)
+    steps = cfg.rounds * cfg.clients_per_round(CLIENTS)
     return {name: steps / seconds for name, seconds in best.items()}
 
 
 def measure(algorithm: str, rounds: int, flower_rounds: int, repeats: int) -> dict[str, float]:
     """Client steps per second of each variant."""
     x, y, clients = workload()
-    cfg = FLConfig(algorithm, rounds=rounds)
-    per_round = cfg.clients_per_round(CLIENTS)
-    init = init_params(D, cfg, 0)
+    init = init_params(D, FLConfig(algorithm), 0)
 
-    def engine(name: str, config: FLConfig) -> Callable[[], object]:
-        return lambda: get_engine(name)(x, y, clients, config, 0, init=init)
+    def engine(name: str) -> Callable[[FLConfig], object]:
+        return lambda cfg: get_engine(name)(x, y, clients, cfg, 0, init=init)
 
-    def plain() -> None:
+    def plain(cfg: FLConfig) -> None:
         with single_thread():
             plain_loop(x, y, clients, cfg, 0, init)
 
-    rates = best_rates({"batched": engine("inprocess", cfg),
-                        "per-client": engine("inprocess-serial", cfg), "plain loop": plain},
-                       rounds * per_round, repeats)
+    rates = best_rates({"batched": engine("inprocess"), "per-client": engine("inprocess-serial"),
+                        "plain loop": plain}, FLConfig(algorithm, rounds=rounds), repeats)
     if flower_rounds:
-        few = FLConfig(algorithm, rounds=flower_rounds)
-        rates |= best_rates({"flower": engine("flower", few)}, flower_rounds * per_round, 1)
+        rates |= best_rates({"flower": engine("flower")},
+                            FLConfig(algorithm, rounds=flower_rounds), 1)
     return rates
 
 
