@@ -3,6 +3,7 @@ modes where they differ (SPEC §5), written to a run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,9 +157,12 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     # A defense that acts on no surface gives identical modes: run it once.
     modes = ["non-adaptive", "adaptive"] if defense.surfaces else ["non-adaptive"]
     none = load_plugin("defense", "none")()
+    # Defenses are public (Kerckhoffs): the adaptive attacker simulates a clone of the deployed
+    # defense (same parameters, its own state), as scikit-learn's clone would give it.
     contexts = {mode: EvalContext(target, shadow, defense,
-                                  defense if mode == "adaptive" else none, features, cfg.seed,
-                                  mode, reporter, cfg.engine, run_dir.path) for mode in modes}
+                                  dataclasses.replace(defense) if mode == "adaptive" else none,
+                                  features, cfg.seed, mode, reporter, cfg.engine, run_dir.path)
+                for mode in modes}
     done = {mode: {f: run_dir.load_fold(mode, f) for f in folds} for mode in modes}
     for mode, ctx in contexts.items():
         if any(r is None for r in done[mode].values()):

@@ -37,8 +37,8 @@ def tone(path: Path) -> str:
 
 
 @pytest.mark.parametrize("option, value, fragment", [
-    ("--attack", "nope", "valid: eot-pgd, fedavg, fedsgd, fgsm, intercept, pgd"),
-    ("--defense", "nope", "valid: adv, dpsgd, noise, none, udp"),
+    ("--attack", "nope", "valid: autoattack, eot-pgd, fedavg, fedsgd, fgsm, intercept, pgd"),
+    ("--defense", "nope", "valid: adv, dpsgd, noise, none, udp, udp-ref"),
     ("--dataset", "nope", "valid: crema-d, iemocap, manifest, msp-improv, ravdess, synth"),
     ("--features", "nope", "valid: egemaps, emobase"),
 ])
@@ -103,7 +103,7 @@ def test_eval_end_to_end_writes_a_report_and_results(tmp_path: Path) -> None:
     proc = serbench("eval", "--attack", "fedsgd", "--folds", "1", "--attack-param", "rounds=10",
                     "--attack-param", "epochs=2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "gender n=1 UAR" in proc.stdout and "emotion UAR" in proc.stdout
+    assert "gender n=1" in proc.stdout and "emotion" in proc.stdout and "95% CI" in proc.stdout
     for name in ("config.json", "environment.json", "metrics.csv", "predictions.csv",
                  "summary.json"):
         assert (out / name).is_file()

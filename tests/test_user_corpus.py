@@ -208,8 +208,6 @@ def test_cross_corpus_shadow_with_other_labels(manifest: Path, tmp_path: Path) -
                           "'boredom', 'disgust', 'fear'", "application-aware")
 
 
-@pytest.mark.xfail(reason="needs attacks/fl_inference.py to code shadow labels with "
-                          "emotion_labels(..., deal_others=True) (owned by the lead)", strict=False)
 def test_fl_attack_with_a_shadow_corpus_of_other_labels(manifest: Path, tmp_path: Path) -> None:
     cfg = EvalConfig(attack="fedavg", dataset_options=TINY_SYNTH, shadow="manifest",
                      shadow_root=[str(manifest)], folds=[1], attack_params=TINY["fedavg"])

@@ -4,6 +4,7 @@ guarantee accounted for the run's own client schedule."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -63,7 +64,9 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     same start) and samples clients with ``seed``. In ``probe_rounds`` every client's update is
     recorded (an attacker simulating shadow clients), so they count as participations too.
     Labels outside the target's classes (a shadow corpus's own) are dealt over its outputs.
+    The defense is calibrated for this run on a copy, so the caller's instance never changes.
     """
+    defense = copy.deepcopy(defense)
     table = data.table.iloc[rows].reset_index(drop=True)
     x = data.features(recipe.features)[rows]
     y = emotion_labels(table["emotion"], recipe.classes, deal_others=True)
