@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from serbench.io import save_figure
 from serbench.scoring import measure_metrics, pooled, spread
 from serbench.results import write_csv
 
@@ -41,14 +43,10 @@ def plot_leakage(table: pd.DataFrame, x: str, series: str, path: Path, *, title:
                  ordered: bool = False) -> None:
     """Pooled UAR with its 95% CI per ``x`` value, one marker series per ``series`` value;
     ``ordered`` x values (e.g. layer depth) are joined by lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     xs = list(dict.fromkeys(table[x]))
     groups = list(dict.fromkeys(table[series]))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(xs) + 2.5), 4.2))
+    fig = Figure(figsize=(max(5.0, 0.9 * len(xs) + 2.5), 4.2))
+    ax = fig.subplots()
     width = 0.6 / max(1, len(groups))
     for i, (name, frame) in enumerate(table.groupby(series, sort=False)):
         pos = np.array([xs.index(v) for v in frame[x]]) + (i - (len(groups) - 1) / 2) * width
@@ -66,9 +64,7 @@ def plot_leakage(table: pd.DataFrame, x: str, series: str, path: Path, *, title:
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_analysis(predictions: pd.DataFrame, keys: Sequence[str], x: str, series: str,

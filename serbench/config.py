@@ -133,7 +133,7 @@ def run_config_text(resolved: Mapping[str, Any]) -> str:
 
 def write_run_config(path: Path, resolved: Mapping[str, Any]) -> None:
     """Write :func:`run_config_text` to ``path`` (atomically, like every result file)."""
-    from serbench.results import atomic_write_text
+    from serbench.io import atomic_write_text
 
     atomic_write_text(path, run_config_text(resolved))
 

@@ -18,7 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from serbench.results import atomic_write_text
+from serbench.io import atomic_write_text
 from serbench.scoring import LEVEL, LOW_FPRS, RESAMPLES, Role, measure_name
 
 if TYPE_CHECKING:

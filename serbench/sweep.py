@@ -7,7 +7,9 @@ import dataclasses
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
+from serbench.io import save_figure
 from serbench.progress import Reporter
 from serbench.results import write_csv
 from serbench.runner import EvalConfig, run_eval
@@ -32,13 +34,9 @@ def run_sweep(cfg: EvalConfig, key: str, values: list[str], out: Path,
 
 def plot_sweep(frame: pd.DataFrame, path: Path) -> None:
     """Emotion UAR against each leakage measure, one point per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     leak_cols = [c for c in frame.columns if c.startswith("gender") and c.endswith(".uar")]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for col in leak_cols:
         ax.plot(frame[col], frame["emotion.uar"], "o-", label=col.removesuffix(".uar"))
         for x, y, text in zip(frame[col], frame["emotion.uar"], frame["setting"]):
@@ -48,7 +46,4 @@ def plot_sweep(frame: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("emotion UAR")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

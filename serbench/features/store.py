@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from serbench.cache import serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
 from serbench.features.extractors import FeatureSpec, compute
+from serbench.io import atomic_path
 
 Progress = Callable[[int], None]
 
@@ -36,15 +36,8 @@ def _extract_one(args: tuple[FeatureSpec, str, str]) -> tuple[str, np.ndarray]:
 
 
 def atomic_save_npy(target: Path, values: np.ndarray) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, values)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, values)
 
 
 def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = None,
