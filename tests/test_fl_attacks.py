@@ -28,6 +28,8 @@ def test_null_corpus_leaks_nothing(attack: str, tmp_path) -> None:
     result = run_eval(cfg, tmp_path / "run")
     assert abs(single_update_leakage(result) - 0.5) <= 0.05
     assert result.modes[0].summary["emotion.uar"]["mean"] > 0.5  # the target still learns
+    worst = result.worst()  # the headline's CI, widened for the choice, covers chance
+    assert worst.ci_low <= 0.5 <= worst.ci_high
 
 
 def test_gender_cues_leak_through_first_layer_updates(tmp_path) -> None:
