@@ -8,6 +8,8 @@ import base64
 import contextlib
 import copy
 import hashlib
+import html
+import importlib.util
 import io
 import json
 import re
@@ -137,12 +139,18 @@ def test_worst_case_is_the_maximum_over_attacks_and_modes(trial: SimpleNamespace
     worst = trial.entry["headline"]["worst"]
     at = (worst["attack"], worst["mode"], worst["measure"])
     assert worst["uar"] == leakage[at] == max(leakage.values())
+    # Multiplicity (SPEC §6): the maximum of 8 measures gets a Bonferroni-widened CI, which
+    # contains the measure's own 95% CI.
+    own = trial.entry["results"][worst["attack"]][worst["mode"]][worst["measure"]]["ci"]
+    assert (worst["candidates"], worst["level"]) == (8, pytest.approx(1 - 0.05 / 8))
+    assert worst["ci"][0] <= own[0] and worst["ci"][1] >= own[1] and worst["ci"] != own
     # The terminal table shows where the worst case was attained under its numbers.
     lines = trial.procs[-1].stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if "prune-trial" in line)
     end = next(i for i in range(start + 1, len(lines)) if lines[i][:1] in "├└")
     cell = " ".join(line.split("│")[4].strip() for line in lines[start:end])
-    assert cell.startswith(f"{worst['uar']:.3f} ") and cell.endswith(", ".join(at))
+    assert cell.startswith(f"{worst['uar']:.3f} {worst['ci'][0]:.2f}–{worst['ci'][1]:.2f} ")
+    assert cell.endswith(", ".join(at) + " (of 8)")
 
 
 def test_statistics_span_folds_and_seeds(trial: SimpleNamespace) -> None:
@@ -300,33 +308,262 @@ def test_entries_are_data_never_code(trial: SimpleNamespace, tmp_path: Path) -> 
     assert proc.returncode == 1 and "not valid JSON (non-standard JSON constant NaN)" in proc.stderr
 
 
+def baselines_module() -> SimpleNamespace:
+    path = REPO / "leaderboards" / "baselines.py"
+    spec = importlib.util.spec_from_file_location("baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def committed_entries() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((REPO / "leaderboards").glob("*/*/*.json"))]
+
+
 def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -> None:
     """SPEC §7 / docs/leaderboard.md: serbench's own standard entries for each built-in defense
-    on every track of the default corpus and of RAVDESS."""
+    on every track of the default corpus and of RAVDESS. Schema version 1 entries (made before
+    issue 11) still load and render; a board not yet rebuilt since then lacks udp-ref."""
     proc = lb("show", "--dir", str(REPO / "leaderboards"), cwd=REPO)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     assert "inconsistent" not in proc.stdout and "trial" not in proc.stdout
     built_in = {ep.name for ep in entry_points(group="serbench.defenses")
                 if ep.value.startswith("serbench.defenses.")}
-    assert {"none", "udp", "noise", "dpsgd", "adv"} <= built_in
+    assert {"none", "udp", "udp-ref", "noise", "dpsgd", "adv"} <= built_in
+    rebuilt = any(e["schema_version"] >= 2 for e in committed_entries())
+    expected = built_in if rebuilt else built_in - {"udp-ref"}
     for corpus in ("synth", "ravdess"):
         for surface in TRACKS:
             entries = [json.loads(p.read_text())
                        for p in (REPO / "leaderboards" / corpus / surface).glob("*.json")]
-            assert {e["defense"]["name"] for e in entries} >= built_in, (corpus, surface)
+            assert {e["defense"]["name"] for e in entries} >= expected, (corpus, surface)
             assert all(e["standard"] for e in entries), (corpus, surface)
 
 
+def test_committed_leaderboard_shows_every_family_as_a_curve() -> None:
+    """Issue 11: the committed board holds baselines.py's standard sweeps for synth and RAVDESS
+    on every track the defense acts on, and each track's plot draws every family as a line
+    through its entries in strength order."""
+    from serbench.leaderboard.entry import load_entries
+    from serbench.leaderboard.plot import GID, figure
+    from serbench.leaderboard.views import boards
+
+    if not any(e["schema_version"] >= 2 for e in committed_entries()):
+        pytest.skip("the committed board predates families (issue 11): rebuild it with "
+                    "`python leaderboards/baselines.py --families ...` (docs/leaderboard.md)")
+    sweeps = baselines_module().SWEEPS
+    entries, rejected = load_entries(REPO / "leaderboards")
+    assert not rejected
+    tracks = boards(entries)
+    for corpus in ("synth", "ravdess"):
+        for defense, sweep in sweeps.items():
+            for surface in sweep.tracks:
+                board = tracks[f"{corpus}/{surface}"]
+                family = next(f for f in board.families if f.defense == defense
+                              and f.axis == sweep.param)
+                values = [family.value(r) for r in family.rows]
+                assert values == sorted(values) and set(sweep.values) <= set(values), \
+                    (corpus, surface, defense, values)
+                lines = {line.get_gid(): line for line in figure(board).axes[0].lines}
+                line = lines[GID + family.label]
+                assert line.get_linestyle() == "-"
+                assert list(line.get_xdata()) == [r.worst["uar"] for r in family.rows]
+
+
+#: The DP trial entries: (name, defense, parameters), each made like the guide's quick trial.
+DP_ENTRIES = (("none-trial", "none", ()), ("udp-eps10", "udp", ("epsilon=10",)),
+              ("udp-ref-eps10", "udp-ref", ()))
+
+
 @pytest.fixture(scope="module")
-def rendered(trial: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """The committed baselines plus the trial entry, rendered."""
+def dp(trial: SimpleNamespace) -> SimpleNamespace:
+    """`udp` (ε against the server), `udp-ref` (nominal ε) and `none`, with the quick trial's
+    reduced protocol, submitted to DIR dp-board."""
+    guide = guide_commands("### Quick trial")[0]
+    shared = guide[guide.index("--dataset-option"):guide.index("--out")]
+    entries = {}
+    for name, defense, params in DP_ENTRIES:
+        runs = []
+        for attack in ("fedsgd", "fedavg"):
+            out = f"runs/{name}-{attack}"
+            proc = serbench("eval", "--attack", attack, "--defense", defense,
+                            *(a for p in params for a in ("--param", p)), *shared, "--out", out,
+                            cwd=trial.work)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            runs.append(out)
+        proc = lb("submit", *runs, "--name", name, "--dir", "dp-board", "--allow-reduced",
+                  cwd=trial.work)
+        assert proc.returncode == 0, proc.stderr
+        entries[name] = json.loads(
+            (trial.work / "dp-board" / "synth" / "update" / f"{name}.json").read_text())
+    return SimpleNamespace(entries=entries, shown=lb("show", "--dir", "dp-board",
+                                                     cwd=trial.work))
+
+
+def variant(entry: dict, name: str, epsilon: float, flips: int) -> dict:
+    """A consistent copy of a `udp` entry as if made at another ε: its parameters, extras and
+    accounting say ``epsilon``, and its first ``flips`` leakage predictions per record are
+    flipped, so that it is another point on the plot."""
+    data = copy.deepcopy(entry) | {"name": name}
+    data["defense"]["params"]["epsilon"] = epsilon
+    for modes in data["extras"].values():
+        for values in modes.values():
+            values["epsilon"] = epsilon
+    for modes in data["accounting"].values():
+        for contexts in modes.values():
+            for c in contexts:
+                c["context"]["epsilon"] = epsilon
+    for modes in data["predictions"].values():
+        for records in modes.values():
+            for r in records:
+                if r["measure"].startswith("gender"):
+                    r["y_pred"] = "".join(str(1 - int(c)) if i < flips else c
+                                          for i, c in enumerate(r["y_pred"]))
+    return data | compute_results(data)
+
+
+def family_entries(dp: SimpleNamespace) -> list[dict]:
+    """`udp` at ε 1, 10, 100 and 1000 (the one at 10 real, the others variants of it), `udp-ref`
+    and `none`, all under the trial's protocol."""
+    udp = dp.entries["udp-eps10"]
+    return [*dp.entries.values(), variant(udp, "udp-eps1", 1.0, 1),
+            variant(udp, "udp-eps100", 100.0, 3), variant(udp, "udp-eps1000", 1000.0, 5)]
+
+
+@pytest.fixture(scope="module")
+def rendered(trial: SimpleNamespace, dp: SimpleNamespace,
+             tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The committed synth baselines plus the trial entry and a `udp` family with `udp-ref`
+    and `none` under the trial's protocol, rendered."""
     board = tmp_path_factory.mktemp("board")
     shutil.copytree(REPO / "leaderboards" / "synth", board / "synth")
     shutil.copy(trial.work / ENTRY, board / "synth" / "update")
+    for data in family_entries(dp):
+        write_entry(board, data)
     proc = lb("render", "--dir", str(board), cwd=trial.work)
     assert proc.returncode == 0, proc.stderr
     entries = [json.loads(p.read_text()) for p in board.glob("synth/*/*.json")]
     return SimpleNamespace(dir=board, entries=entries)
+
+
+def show_row(shown: str, name: str) -> str:
+    """The first line of an entry's row in `show`'s table."""
+    return next(line for line in shown.splitlines() if f" {name} " in line)
+
+
+def test_dp_entries_carry_their_accounting_and_say_which_epsilon(dp: SimpleNamespace) -> None:
+    """Issue 11: the entry records each fold's accounting context; `show` gives udp's ε as
+    the server's and udp-ref's as nominal."""
+    assert dp.shown.returncode == 0 and not dp.shown.stderr, dp.shown.stderr
+    udp, ref, none = (dp.entries[n] for n in ("udp-eps10", "udp-ref-eps10", "none-trial"))
+    assert all(e["schema_version"] == 2 for e in (udp, ref, none))
+    for entry, key in ((udp, "epsilon"), (ref, "nominal_epsilon")):
+        assert set(entry["accounting"]) == {"fedsgd", "fedavg"}
+        for attack, modes in entry["accounting"].items():
+            assert set(modes) == {"non-adaptive", "adaptive"}
+            for mode, contexts in modes.items():
+                assert [(c["seed"], c["fold"]) for c in contexts] == [(0, f) for f in range(1, 6)]
+                for c in contexts:
+                    assert {"accountant", "sampling", "neighbouring_relation", "clip",
+                            "rounds", "sample_rate", key} <= set(c["context"])
+    assert all(c["context"]["epsilon_against"].startswith("the server")
+               for modes in udp["accounting"].values() for cs in modes.values() for c in cs)
+    assert udp["headline"]["epsilon"] == pytest.approx(10, abs=0.01)
+    assert udp["headline"]["nominal_epsilon"] is None
+    assert (ref["headline"]["epsilon"], ref["headline"]["nominal_epsilon"]) == (None, 10)
+    assert none["accounting"] == {} and none["headline"]["epsilon"] is None
+    assert f"{udp['headline']['epsilon']:.3g} (server)" in show_row(dp.shown.stdout, "udp-eps10")
+    assert "10 nominal" in show_row(dp.shown.stdout, "udp-ref-eps10")
+    assert "ε (server): DP against the server" in dp.shown.stdout
+
+
+def test_dp_entry_without_its_accounting_context_is_rejected(trial: SimpleNamespace,
+                                                             dp: SimpleNamespace,
+                                                             tmp_path: Path) -> None:
+    """Schema version 2: a DP entry (ε or nominal ε in its headline) without its accounting
+    context fails validation in one line; one without a fold's context is inconsistent; and
+    `submit` refuses a run that reports ε without a context."""
+    from serbench.leaderboard.submit import build_entry, load_run
+
+    udp, ref = dp.entries["udp-eps10"], dp.entries["udp-ref-eps10"]
+    cases = {"udp-dropped": (udp, lambda d: d.pop("accounting")),
+             "udp-empty": (udp, lambda d: d.update(accounting={})),
+             "ref-dropped": (ref, lambda d: d.pop("accounting"))}
+    for name, (entry, edit) in cases.items():
+        data = copy.deepcopy(entry) | {"name": name}
+        edit(data)
+        write_entry(tmp_path, data)
+    partial = copy.deepcopy(udp) | {"name": "udp-partial"}
+    del partial["accounting"]["fedavg"]["adaptive"][2]
+    write_entry(tmp_path, partial)
+    shown = lb("show", "--dir", str(tmp_path), cwd=trial.work)
+    assert shown.returncode == 1
+    lines = shown.stderr.splitlines()
+    assert len(lines) == len(cases), shown.stderr
+    for line, name in zip(lines, sorted(cases)):
+        assert line.startswith(f"rejected {tmp_path}/synth/update/{name}.json: $.accounting: "
+                               f"missing accounting context"), line
+    assert "✗ inconsistent" in show_row(shown.stdout, "udp-partial")
+    assert ("its fedavg adaptive runs report epsilon but the accounting context of seed 0 "
+            "fold 3 is missing") in shown.stdout
+    run = load_run(trial.work / "runs" / "udp-eps10-fedsgd")
+    del run.summary["modes"]["adaptive"]["accounting"]
+    with pytest.raises(SerbenchError, match="its adaptive results report epsilon but the run "
+                                            "recorded no accounting context"):
+        build_entry([run, load_run(trial.work / "runs" / "udp-eps10-fedavg")], "x", True)
+
+
+def test_defended_entries_show_the_undefended_leakage_beside_their_own(
+        dp: SimpleNamespace) -> None:
+    """Issue 15 (attacker adequacy): each defended entry shows the worst case of `none` under
+    the same protocol."""
+    none = dp.entries["none-trial"]["headline"]["worst"]["uar"]
+    for name in ("udp-eps10", "udp-ref-eps10"):
+        lines = dp.shown.stdout.splitlines()
+        start = lines.index(show_row(dp.shown.stdout, name))
+        end = next(i for i in range(start + 1, len(lines)) if lines[i][:1] in "├└")
+        assert f"none: {none:.3f}" in "".join(lines[start:end]), name
+    assert "none: itself" in "".join(dp.shown.stdout.splitlines())
+
+
+def test_families_are_grouped_and_drawn_as_curves(dp: SimpleNamespace, tmp_path: Path) -> None:
+    """Issue 11: a defense at several strengths is one family: its rows stand together in
+    strength order with a heading in the terminal and Markdown views, and its points are
+    joined by a line in strength order; no two labels of the plot overlap."""
+    from serbench.leaderboard.entry import load_entries
+    from serbench.leaderboard.plot import GID, figure
+    from serbench.leaderboard.views import boards, markdown
+
+    for data in family_entries(dp):
+        write_entry(tmp_path, data)
+    entries, rejected = load_entries(tmp_path)
+    assert not rejected and not any(e.problem for e in entries)
+    board = boards(entries)["synth/update"]
+    udp = next(f for f in board.families if f.defense == "udp")
+    order = ["udp-eps1", "udp-eps10", "udp-eps100", "udp-eps1000"]
+    assert [r.data["name"] for r in udp.rows] == order and udp.axis == "epsilon"
+    assert [r.strength for r in udp.rows] == ["ε=1", "ε=10", "ε=100", "ε=1000"]
+    heading = "udp (ε): 4 entries, ε 1 → 1000"
+    md = markdown({"synth/update": board})
+    lines = md.splitlines()
+    at = lines.index(next(line for line in lines if heading in line))
+    assert [next(n for n in order if f"| {n} |" in line) for line in lines[at + 1:at + 5]] == order
+    shown = lb("show", "--dir", str(tmp_path), cwd=tmp_path).stdout
+    assert heading in shown
+    assert [shown.index(f" {n} ") for n in order] == sorted(shown.index(f" {n} ") for n in order)
+    fig = figure(board)
+    ax = fig.axes[0]
+    line = next(line for line in ax.lines if line.get_gid() == GID + udp.label)
+    assert line.get_linestyle() == "-"
+    assert list(line.get_xdata()) == [r.worst["uar"] for r in udp.rows]
+    assert list(line.get_ydata()) == [r.utility["uar"] for r in udp.rows]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) >= 3
+    frame = fig.bbox
+    for i, a in enumerate(boxes):
+        assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1
+        assert not any(a.overlaps(b) for b in boxes[i + 1:]), ax.texts[i].get_text()
 
 
 def pareto(entries: list[dict]) -> set[str]:
@@ -373,16 +610,18 @@ class BoardParser(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         a = dict(attrs)
-        if tag == "table":
+        if tag == "table" and "data-track" in a:
             self.table = a["data-track"]
             self.tables[self.table], self.headers[self.table] = [], {}
-        elif tag == "th":
+        elif tag == "th" and "data-key" in a:
             self.headers[self.table][a["data-key"]] = a.get("aria-sort")
         elif tag == "tr" and "data-entry" in a:
             self.row = (a["data-entry"], {})
             self.tables[self.table].append(self.row)
             self.column = 0
-        elif tag == "td":
+        elif tag == "tr" and a.get("class") in ("details", "family"):
+            self.row = None  # a row's details, or a family's heading
+        elif tag == "td" and self.row is not None:
             self.row[1][list(self.headers[self.table])[self.column]] = a["data-sort"]
             self.column += 1
         elif tag == "img":
@@ -424,6 +663,83 @@ def test_html_page_in_headless_chromium(rendered: SimpleNamespace, key: str,
         assert src.startswith("data:image/png;base64,")
         image = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         assert image.shape[0] > 300
+
+
+#: Appended to a copy of the page: per entry row and plot, its box and whether it is what the
+#: browser shows at its centre (nothing covers it), then the page's height, as JSON.
+_LAYOUT_PROBE = """<script>
+const box = (e) => { const r = e.getBoundingClientRect();
+  return {x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height}; };
+const shown = (e) => { const r = e.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return hit !== null && e.contains(hit); };
+const out = {height: document.documentElement.scrollHeight, rows: {}, plots: {}};
+document.querySelectorAll("tr[data-entry]").forEach((row) => {
+  out.rows[row.closest("table").dataset.track + " " + row.dataset.entry] =
+    {...box(row), shown: shown(row)}; });
+document.querySelectorAll("img.plot").forEach((img) => {
+  out.plots[img.dataset.track] = {...box(img), shown: shown(img), loaded: img.complete,
+                                  natural: [img.naturalWidth, img.naturalHeight]}; });
+const pre = document.createElement("pre"); pre.id = "layout";
+pre.textContent = JSON.stringify(out); document.body.append(pre);
+</script>"""
+
+
+def chromium_run(*args: str) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian: apt-get install chromium; .ci/run does)")
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--force-device-scale-factor=1", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_html_page_screenshot_shows_every_plot_and_entry(rendered: SimpleNamespace,
+                                                         tmp_path: Path) -> None:
+    """Issue 11: in headless Chromium, at a desktop width, every track's plot is loaded and
+    drawn as rendered (the screenshot's pixels are the PNG's) and every entry's row is
+    visible, uncovered and has text; families are lines in the plot's own colours."""
+    page = tmp_path / "probe.html"
+    page.write_text((rendered.dir / "leaderboard.html").read_text().replace(
+        "</body>", _LAYOUT_PROBE + "</body>"))
+
+    def layout(height: int) -> dict:
+        proc = chromium_run(f"--window-size=1400,{height}", "--virtual-time-budget=5000",
+                            "--dump-dom", page.as_uri())
+        text = re.search(r'<pre id="layout">(.*?)</pre>', proc.stdout, re.S).group(1)
+        return json.loads(html.unescape(text))
+
+    height = layout(900)["height"]
+    found = layout(height)  # the whole page in the window: every row can be hit-tested
+    shot = tmp_path / "page.png"
+    chromium_run(f"--window-size=1400,{height}", "--virtual-time-budget=5000",
+                 f"--screenshot={shot}", page.as_uri())
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (height, 1400)
+    names = {f"synth/{e['surface']} {e['name']}" for e in rendered.entries}
+    assert set(found["rows"]) == names
+    for key, r in found["rows"].items():
+        assert r["shown"] and r["w"] > 600 and r["h"] > 10, key
+        region = pixels[int(r["y"]):int(r["y"] + r["h"]), int(r["x"]):int(r["x"] + r["w"])]
+        assert (region.mean(axis=2) < 0.5).mean() > 0.003, key  # dark text in the row
+    assert set(found["plots"]) == {f"synth/{s}" for s in TRACKS}
+    for track, r in found["plots"].items():
+        assert r["shown"] and r["loaded"] and r["natural"][0] > 400, track
+        png = matplotlib.image.imread(rendered.dir / f"{track.replace('/', '-')}.png")[..., :3]
+        assert r["natural"] == [png.shape[1], png.shape[0]]
+        border = (r["w"] - png.shape[1]) / 2  # drawn at its own size, inside a thin border
+        assert border in (0, 1) and r["h"] - png.shape[0] == 2 * border, (track, r)
+        x, y = round(r["x"] + border), round(r["y"] + border)
+        region = pixels[y:y + png.shape[0], x:x + png.shape[1]]
+        assert np.abs(region - png).mean() < 0.02, track  # the plot, as rendered, on screen
+    # The udp family's line, in its colour, is on screen: plenty of pixels of one colour.
+    update = found["plots"]["synth/update"]
+    region = pixels[round(update["y"]):round(update["y"] + update["h"]),
+                    round(update["x"]):round(update["x"] + update["w"])]
+    saturated = region.max(axis=2) - region.min(axis=2) > 0.3
+    assert saturated.mean() > 0.002
 
 
 def test_template_is_a_loadable_defense() -> None:

@@ -41,8 +41,8 @@ def show_cmd(
     wanted = parse_track(track) if track else None
     entries, rejected = load_entries(directory)
     entries = [e for e in entries if wanted in (None, (e.data["corpus"], e.data["surface"]))]
-    for track_id, rows in boards(entries).items():
-        console.print(rich_table(track_id, rows))
+    for board in boards(entries).values():
+        console.print(rich_table(board))
     if not entries:
         console.print(f"no entries under {directory}" + (f" for track {track}" if track else ""))
     _report_rejected(rejected)
@@ -68,8 +68,8 @@ def submit_cmd(
 
     path = submit(runs, name, directory, allow_reduced, replace)
     entry = read_entry(path, directory)
-    for track_id, rows in boards([entry]).items():
-        console.print(rich_table(track_id, rows))
+    for board in boards([entry]).values():
+        console.print(rich_table(board))
     console.print(f"entry written: {path}")
 
 
@@ -94,7 +94,7 @@ def verify_cmd(
     from rich.progress import Progress
     from rich.table import Table
 
-    from serbench.cli import _folds
+    from serbench.config import parse_folds
     from serbench.leaderboard.entry import read_entry
 
     loaded = read_entry(entry)  # before the heavy imports: a malformed entry fails at once
@@ -104,7 +104,7 @@ def verify_cmd(
     tolerance = TOLERANCE if tolerance is None else tolerance
     with Progress(console=err_console, transient=True,
                   disable=not err_console.is_terminal) as progress:
-        result = verify(loaded, folds=_folds(folds), tolerance=tolerance, out=out,
+        result = verify(loaded, folds=parse_folds(folds), tolerance=tolerance, out=out,
                         data_root=str(data_root) if data_root else None, defense=defense,
                         reporter=RichReporter(progress))
     table = Table(title=f"verify {entry}", title_justify="left", header_style="bold")

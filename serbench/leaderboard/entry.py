@@ -24,12 +24,21 @@ import pandas as pd
 
 from serbench.errors import SerbenchError
 from serbench.leaderboard.tracks import TRACKS, UTILITY, Track
-from serbench.scoring import LOW_FPRS, measure_metrics, measure_name, pooled, spread, uar
+from serbench.scoring import LOW_FPRS, Role, measure_metrics, measure_name, pooled, spread, uar, \
+    worst_case
 
 #: The ROC statistics of a leakage measure with scores.
 ROC = ("auc", *(f"tpr_at_{f:g}_fpr" for f in LOW_FPRS))
 
-SCHEMA_VERSION = 1
+#: Version 2 (issue 11, 14): a DP entry carries its accounting context, the headline states a
+#: nominal ε apart from a DP ε, and its worst case has a CI widened for the number of measures it
+#: was chosen from. Version 1 entries (made before) still load and keep their own rules.
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
+#: Privacy numbers an attack may report beside its metrics, and the headline key of each:
+#: ``epsilon`` is a DP guarantee (its accounting context says against whom), ``nominal_epsilon``
+#: a parameter that guarantees nothing (``udp-ref``).
+EPSILONS = ("epsilon", "nominal_epsilon")
 SCHEMA_PATH = Path(__file__).with_name("entry.schema.json")
 #: Larger files are refused before parsing (the biggest corpus's entry is a few MB).
 MAX_BYTES = 64 * 2**20
@@ -79,6 +88,11 @@ def validate(data: Any, where: str) -> None:
         return
     if list(error.path) == ["name"]:
         raise _name_error(error.instance, where)
+    if error.validator == "required" and "'accounting'" in error.message or \
+            list(error.path) == ["accounting"] and error.validator == "minProperties":
+        raise SerbenchError(f"{where}: $.accounting: missing accounting context (a DP entry, "
+                            f"whose headline states epsilon or nominal_epsilon, needs its runs' "
+                            f"context; schema version 2): {error.message}")
     message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     raise SerbenchError(f"{where}: {error.json_path}: {message}")
 
@@ -210,8 +224,10 @@ def compute_results(data: dict[str, Any]) -> dict[str, Any]:
     seed = min(data["protocol"]["seeds"])
     results = {attack: {mode: measure_stats(records, seed) for mode, records in modes.items()}
                for attack, modes in data["predictions"].items()}
-    return {"results": results, "headline": headline(results, data["extras"],
-                                                     TRACKS[data["surface"]])}
+    return {"results": results,
+            "headline": headline(results, data["extras"], TRACKS[data["surface"]],
+                                 predictions=data["predictions"], seed=seed,
+                                 version=data["schema_version"])}
 
 
 def cells(results: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
@@ -227,10 +243,40 @@ def _cell(attack: str, mode: str, measure: str, stats: dict[str, Any]) -> dict[s
             **{k: stats[k] for k in ("uar", "ci", "mean", "std")}}
 
 
-def headline(results: dict[str, Any], extras: dict[str, Any], track: Track) -> dict[str, Any]:
+def _worst_of_many(results: dict[str, Any], predictions: dict[str, Any], track: Track,
+                   seed: int) -> dict[str, Any] | None:
+    """The worst case over the track's scored measures, by :func:`serbench.scoring.worst_case`:
+    its CI widened (Bonferroni) for the number of measures it was chosen from."""
+    frames, where = {}, {}
+    for attack, modes in predictions.items():
+        for mode, records in modes.items():
+            frame = decode_predictions(records)
+            for (task, group), rows in frame.groupby(["task", "group"], sort=False):
+                measure = measure_name(task, group)
+                if track.scored(measure):
+                    key = (f"{attack} {mode}", measure)
+                    frames[key], where[key[0]] = rows, (attack, mode)
+    worst = worst_case(frames, Role.LEAKAGE if track.higher_is_worse else Role.ROBUST, seed)
+    if worst is None:
+        return None
+    attack, mode = where[worst.mode]
+    stats = results[attack][mode][worst.measure]
+    return {**_cell(attack, mode, worst.measure, stats), "uar": worst.uar,
+            "ci": [worst.ci_low, worst.ci_high], "level": worst.level,
+            "candidates": worst.candidates}
+
+
+def headline(results: dict[str, Any], extras: dict[str, Any], track: Track, *,
+             predictions: dict[str, Any] | None = None, seed: int = 0,
+             version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """SPEC §7's headline: utility (the lowest emotion UAR among the suite's targets: no
     credit for the best FL algorithm), the worst case of the track's measure over its attacks,
-    modes and measures (pooled UAR), and ε where the defense states one (its largest)."""
+    modes and measures (pooled UAR), and ε where the defense states one (its largest).
+
+    Version 2: the worst case's CI is widened for the number of measures it was chosen from
+    (SPEC §6: the maximum of k noisy measures is biased upwards), which needs the
+    ``predictions``; a nominal ε (``udp-ref``) is kept apart from a DP ε. Version 1 entries keep
+    the plain 95% CI of the measure that attains the worst case."""
     utility = worst = None
     for attack, mode, measure, stats in cells(results):
         if measure == UTILITY and (utility is None or stats["uar"] < utility["uar"]):
@@ -240,9 +286,42 @@ def headline(results: dict[str, Any], extras: dict[str, Any], track: Track) -> d
     if utility is None or worst is None:
         raise SerbenchError(f"the runs report no {UTILITY if utility is None else track.prefix}"
                             f"* measure, which the {track.surface} track is scored by")
-    epsilons = [v["epsilon"] for modes in extras.values() for v in modes.values()
-                if "epsilon" in v]
-    return {"utility": utility, "worst": worst, "epsilon": max(epsilons) if epsilons else None}
+    if version >= 2:
+        if predictions is None:
+            raise SerbenchError("a version 2 headline needs the entry's predictions")
+        worst = _worst_of_many(results, predictions, track, seed)
+
+    def largest(key: str) -> float | None:
+        values = [v[key] for modes in extras.values() for v in modes.values() if key in v]
+        return max(values) if values else None
+
+    out = {"utility": utility, "worst": worst, "epsilon": largest("epsilon")}
+    return out | ({"nominal_epsilon": largest("nominal_epsilon")} if version >= 2 else {})
+
+
+def accounting_problem(data: dict[str, Any]) -> str | None:
+    """Version 2: every attack and mode whose extras report an ε must carry the accounting
+    context of each of its runs' folds (the schema only checks that some context is there)."""
+    if data["schema_version"] < 2:
+        return None
+    stored = data.get("accounting", {})
+    for attack, modes in data["extras"].items():
+        for mode, values in modes.items():
+            key = next((k for k in EPSILONS if k in values), None)
+            if key is None:
+                continue
+            have = {(c["seed"], c["fold"]) for c in stored.get(attack, {}).get(mode, [])}
+            for f in stats_folds(data, attack, mode):
+                if (f["seed"], f["fold"]) not in have:
+                    return (f"its {attack} {mode} runs report {key} but the accounting context "
+                            f"of seed {f['seed']} fold {f['fold']} is missing")
+    return None
+
+
+def stats_folds(data: dict[str, Any], attack: str, mode: str) -> list[dict[str, int]]:
+    """The (seed, fold) pairs of one attack and mode's predictions."""
+    return [{"seed": s, "fold": f} for s, f in dict.fromkeys(
+        (r["seed"], r["fold"]) for r in data["predictions"][attack][mode])]
 
 
 def differences(a: Any, b: Any, tolerance: float, path: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -271,6 +350,9 @@ def consistency_problem(data: dict[str, Any]) -> str | None:
         recomputed = compute_results(data)
     except SerbenchError as exc:
         return str(exc)
+    problem = accounting_problem(data)
+    if problem:
+        return problem
     for path, a, b in differences(stored, recomputed, EXACT):
         return f"stored {path} = {a} but its predictions give {b} (edited by hand?)"
     return None

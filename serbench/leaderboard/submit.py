@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import MODES, SCHEMA_VERSION, compute_results, \
+from serbench.leaderboard.entry import EPSILONS, MODES, SCHEMA_VERSION, compute_results, \
     describe_deviations, encode_predictions, entry_path, validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
 from serbench.scoring import spread
@@ -158,6 +158,27 @@ def merge_runs(runs: list[Run]) -> tuple[dict[str, Any], dict[str, Any]]:
                              for m, v in modes.items()} for a, modes in extras.items()}
 
 
+def merge_accounting(runs: list[Run]) -> dict[str, Any]:
+    """Per attack and mode: each fold's privacy accounting context (``Defense.accounting``:
+    accountant, δ, rounds, sampling, neighbouring relation, clip, the ε's and against whom),
+    as the run recorded it. A run that reports an ε without its context cannot make an entry:
+    nobody could tell what the ε means."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        for mode, values in run.summary["modes"].items():
+            contexts = values.get("accounting") or {}
+            reported = [k for k in EPSILONS if k in values["extras"]]
+            if reported and not contexts:
+                raise SerbenchError(
+                    f"{run.path}: its {mode} results report {reported[0]} but the run recorded "
+                    f"no accounting context (the defense's accounting() in the attack's fold "
+                    f"result); a DP entry needs it (schema version 2)")
+            for fold, context in contexts.items():
+                out.setdefault(run.attack, {}).setdefault(mode, []).append(
+                    {"seed": run.seed, "fold": int(fold), "context": context})
+    return out
+
+
 def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, Any]:
     """The entry of ``runs``, once they pass every check of the standard protocol."""
     from serbench.registry import load_plugin
@@ -189,7 +210,7 @@ def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, An
                      "features": {r.attack: r.config["features"] for r in runs}},
         "runs": [{"attack": r.attack, "seed": r.seed, "content_hash": r.content_hash,
                   "config": r.config, "environment": r.environment} for r in runs],
-        "predictions": predictions, "extras": extras,
+        "predictions": predictions, "extras": extras, "accounting": merge_accounting(runs),
     }
     return data | compute_results(data)
 

@@ -114,7 +114,9 @@ def _compare(data: dict[str, Any], runs: list[tuple[dict[str, Any], Run]],
     stated, got = _values(data["results"], folds), _values(results, folds)
     if folds is None:
         stated |= _flat(data["extras"]) | _headline(data["headline"])
-        got |= _flat(extras) | _headline(headline(results, extras, TRACKS[data["surface"]]))
+        got |= _flat(extras) | _headline(headline(
+            results, extras, TRACKS[data["surface"]], predictions=predictions, seed=seed,
+            version=data["schema_version"]))
     noise = noise_tolerance(data["results"])
     comparisons = [Comparison(k, stated.get(k), got.get(k), max(tolerance, noise.get(k, 0.0)))
                    for k in dict.fromkeys([*stated, *got])]
@@ -155,4 +157,6 @@ def _flat(extras: dict[str, Any]) -> dict[str, float]:
 
 
 def _headline(h: dict[str, Any]) -> dict[str, float]:
-    return {"headline utility": h["utility"]["uar"], "headline worst case": h["worst"]["uar"]}
+    out = {"headline utility": h["utility"]["uar"], "headline worst case": h["worst"]["uar"]}
+    return out | {f"headline {k}": h[k] for k in ("epsilon", "nominal_epsilon")
+                  if h.get(k) is not None}

@@ -1,13 +1,13 @@
 """The leaderboard's views (SPEC §7): a rich terminal table, Markdown, a static HTML page with
-sortable tables, and per track a utility-vs-worst-case plot with the Pareto front. Every view
-shows the same columns: pooled UAR, its 95% bootstrap CI, and mean ± std over folds and seeds."""
+sortable tables (:mod:`serbench.leaderboard.page`), and per track a utility-vs-worst-case plot
+with each defense's family as a curve and the Pareto front (:mod:`serbench.leaderboard.plot`).
+Every view shows the same columns: pooled UAR, its CI, and mean ± std over folds and seeds; the
+rows of one family (a defense at several strengths) stand together, weakest first."""
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +15,30 @@ from rich.markup import escape
 from rich.table import Table
 
 from serbench.leaderboard.entry import Entry, describe_deviations
+from serbench.leaderboard.families import Family, baseline_of, families
 from serbench.leaderboard.tracks import TRACKS, Track
 
 LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the target's "
           "speakers (entries made before predictions named speakers: over predictions, too "
           "narrow); mean ± std: over folds and seeds. Worst case: over the track's attacks, "
-          "both attack modes (SPEC §5) and every measure; emotion UAR: the lowest among the "
-          "attacks' targets. ★: on the Pareto front (standard, consistent entries only).")
+          "both attack modes (SPEC §5) and every measure; its CI is widened (Bonferroni, level "
+          "1 − 0.05/k) for the k measures it was chosen from ('of k' where it was attained; "
+          "schema version 1 entries: the plain 95% CI). none: the undefended entry's worst "
+          "case under the same protocol (attacker adequacy). Emotion UAR: the lowest among "
+          "the attacks' targets. ε (server): DP against the server, which picks the clients "
+          "(no sampling amplification); nominal: a parameter, not a DP guarantee (udp-ref); "
+          "(v1): not accounted in the entry. ★: on the Pareto front (standard, consistent "
+          "entries only).")
 
 
 @dataclass
 class Row:
     entry: Entry
     pareto: bool
+    #: The undefended entry under the same protocol (attacker adequacy), set by :func:`boards`.
+    baseline: Row | None = None
+    #: The row's family and its strength label, set by :func:`boards`.
+    family: Family | None = field(default=None, repr=False)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -40,6 +51,10 @@ class Row:
     @property
     def worst(self) -> dict[str, Any]:
         return self.data["headline"]["worst"]
+
+    @property
+    def strength(self) -> str:
+        return self.family.strength(self) if self.family else ""
 
     @property
     def status(self) -> str:
@@ -84,11 +99,47 @@ def _spread(cell: dict[str, Any]) -> str:
 
 
 def _at(row: Row) -> str:
-    return f"{row.worst['attack']}, {row.worst['mode']}, {row.worst['measure']}"
+    w = row.worst
+    where = f"{w['attack']}, {w['mode']}, {w['measure']}"
+    return where + (f" (of {w['candidates']})" if "candidates" in w else "")
+
+
+def epsilon(row: Row) -> tuple[float | None, str]:
+    """The headline ε and what it is: "server" (DP against the server that picks the clients),
+    "nominal" (udp-ref's parameter), "v1" (an entry that predates the accounting context), or
+    "see details" (a DP ε against someone else: its accounting context says whom)."""
+    h = row.data["headline"]
+    if h.get("epsilon") is not None:
+        if row.data["schema_version"] < 2:
+            return h["epsilon"], "v1"
+        against = {c["context"].get("epsilon_against", "")
+                   for modes in row.data.get("accounting", {}).values()
+                   for contexts in modes.values() for c in contexts
+                   if "epsilon" in c["context"]}
+        server = against and all(str(a).startswith("the server") for a in against)
+        return h["epsilon"], "server" if server else "see details"
+    if h.get("nominal_epsilon") is not None:
+        return h["nominal_epsilon"], "nominal"
+    return None, ""
+
+
+def _epsilon_text(row: Row) -> str:
+    value, kind = epsilon(row)
+    if value is None:
+        return "—"
+    return f"{value:.3g} nominal" if kind == "nominal" else f"{value:.3g} ({kind})"
+
+
+def _baseline_text(row: Row) -> str:
+    if row.data["defense"]["name"] == "none":
+        return "none: itself"
+    if row.baseline is None:
+        return "none: no entry"
+    return f"none: {row.baseline.worst['uar']:.3f}"
 
 
 def columns(track: Track) -> list[Column]:
-    eps = lambda r: r.data["headline"]["epsilon"]  # noqa: E731
+    eps = lambda r: epsilon(r)[0]  # noqa: E731
     name = lambda r: r.data["name"]  # noqa: E731
     return [
         Column("entry", "entry", name, name, numeric=False),
@@ -99,12 +150,13 @@ def columns(track: Track) -> list[Column]:
         Column("utility-spread", "mean±std", lambda r: _spread(r.utility),
                lambda r: r.utility["mean"]),
         Column("worst", track.label, lambda r: f"{r.worst['uar']:.3f}", lambda r: r.worst["uar"]),
-        Column("worst-ci", "95% CI", lambda r: _ci(r.worst), lambda r: r.worst["ci"][0]),
+        Column("worst-ci", "CI (1−0.05/k)", lambda r: _ci(r.worst), lambda r: r.worst["ci"][0]),
         Column("worst-spread", "mean±std", lambda r: _spread(r.worst),
                lambda r: r.worst["mean"]),
+        Column("baseline", "none's worst", _baseline_text,
+               lambda r: r.baseline.worst["uar"] if r.baseline else ""),
         Column("at", "worst case at", _at, _at, numeric=False),
-        Column("epsilon", "ε", lambda r: "—" if eps(r) is None else f"{eps(r):.3g}",
-               lambda r: "" if eps(r) is None else eps(r)),
+        Column("epsilon", "ε", _epsilon_text, lambda r: "" if eps(r) is None else eps(r)),
         Column("pareto", "Pareto", lambda r: "★" if r.pareto else "", lambda r: int(r.pareto)),
         Column("status", "status", lambda r: r.status, lambda r: r.status, numeric=False),
     ]
@@ -116,98 +168,102 @@ def _dominates(track: Track, a: Row, b: Row) -> bool:
     return ua >= ub and not track.worse(wa, wb) and (ua > ub or track.worse(wb, wa))
 
 
-def boards(entries: list[Entry]) -> dict[str, list[Row]]:
-    """Rows per track (``corpus/surface``), best worst case first, Pareto front marked."""
-    out: dict[str, list[Row]] = {}
+@dataclass
+class Board:
+    """One track's rows, grouped by family (best family first, each weakest first)."""
+
+    track_id: str
+    track: Track
+    families: list[Family]
+
+    @property
+    def rows(self) -> list[Row]:
+        return [r for fam in self.families for r in fam.rows]
+
+
+def boards(entries: list[Entry]) -> dict[str, Board]:
+    """Per track (``corpus/surface``): its rows grouped by family, Pareto front and each
+    defended row's baseline marked."""
+    out: dict[str, Board] = {}
     for track_id in sorted({e.track_id for e in entries}):
         mine = [e for e in entries if e.track_id == track_id]
         track = mine[0].track
-        rows = [Row(e, False) for e in mine]
+        rows = [Row(e, False) for e in sorted(mine, key=lambda e: e.data["name"])]
         eligible = [r for r in rows if r.status == "ok"]
         for row in eligible:
             row.pareto = not any(_dominates(track, other, row) for other in eligible)
-        sign = 1 if track.higher_is_worse else -1
-        out[track_id] = sorted(rows, key=lambda r: (bool(r.entry.problem), sign * r.worst["uar"],
-                                                    -r.utility["uar"], r.data["name"]))
+        for row in rows:
+            row.baseline = baseline_of(row, rows)
+        groups = families(rows, track.worse)
+        for fam in groups:
+            for row in fam.rows:
+                row.family = fam
+        out[track_id] = Board(track_id, track, groups)
     return out
 
 
-def _title(track_id: str) -> str:
+def title(track_id: str) -> str:
     corpus, surface = track_id.split("/")
     return f"{corpus} / {surface} (attacks: {', '.join(TRACKS[surface].attacks)})"
 
 
-def _notes(rows: list[Row]) -> list[str]:
-    return [f"{r.data['name']}: {r.note}" for r in rows if r.note]
+def notes(rows: list[Row]) -> list[str]:
+    """Trial and inconsistent entries; defended entries whose own attacker beats the
+    undefended entry's beyond the latter's CI (the baseline is under-attacked)."""
+    out = [f"{r.data['name']}: {r.note}" for r in rows if r.note]
+    for r in rows:
+        base = r.baseline
+        if base is None or r.entry.problem or base.entry.problem:
+            continue
+        lo, hi = base.worst["ci"]
+        beyond = r.worst["uar"] > hi if r.entry.track.higher_is_worse else r.worst["uar"] < lo
+        if beyond:
+            out.append(f"{r.data['name']}: its attacker reaches {r.worst['uar']:.3f}, beyond the "
+                       f"CI of {base.data['name']}'s worst case ({base.worst['uar']:.3f}, "
+                       f"{lo:.2f}–{hi:.2f}): the undefended entry is under-attacked")
+    return out
+
+
+def family_heading(fam: Family) -> str:
+    """``udp (ε): 4 entries, ε 1 → 1000``."""
+    span = fam.span()
+    return f"{fam.label}: {len(fam.rows)} entries" + (f", {span}" if span else "")
 
 
 #: Text the terminal table shows under another column's numbers, to fit 80 columns.
-_UNDER = {"defense": "entry", "at": "worst"}
+_UNDER = {"defense": "entry", "at": "worst", "baseline": "worst"}
 
 
-def rich_table(track_id: str, rows: list[Row]) -> Table:
-    """Narrow enough for a terminal: a headline's UAR, CI, mean ± std and where the worst case
-    was attained share one cell, and the defense's parameters sit under the entry's name."""
+def rich_table(board: Board) -> Table:
+    """Narrow enough for a terminal: a headline's UAR, CI, mean ± std, the baseline's worst
+    case and where the worst case was attained share one cell, and the defense's parameters
+    sit under the entry's name. A family of several entries gets a heading row."""
+    rows = board.rows
     groups: dict[str, list[Column]] = {}
-    for col in columns(rows[0].entry.track):
+    for col in columns(board.track):
         key = col.key.split("-")[0]
         groups.setdefault(_UNDER.get(key, key), []).append(col)
-    notes = escape("\n".join(_notes(rows)))
-    table = Table(title=_title(track_id), title_justify="left", header_style="bold",
-                  caption=LEGEND + ("\n" + notes if notes else ""), caption_justify="left",
-                  show_lines=True)
+    text_notes = escape("\n".join(notes(rows)))
+    table = Table(title=title(board.track_id), title_justify="left", header_style="bold",
+                  caption=LEGEND + ("\n" + text_notes if text_notes else ""),
+                  caption_justify="left", show_lines=True)
     table.add_column("#", justify="right")
     for cols in groups.values():
         # Names and numbers are never cut; the text under them folds to the column's width.
         widths = [len(c.text(r)) for c in cols[:1] + [c for c in cols if c.numeric] for r in rows]
         table.add_column("\n".join(c.heading for c in cols), min_width=max(widths),
                          justify="right" if cols[0].numeric else "left", overflow="fold")
-    for i, row in enumerate(rows, 1):
-        style = "red" if row.entry.problem else ("dim" if row.status != "ok" else None)
-        table.add_row(str(i), *(escape("\n".join(c.text(row) for c in cols))
-                                for cols in groups.values()), style=style)
+    i = 0
+    for fam in board.families:
+        if len(fam.rows) > 1:
+            table.add_row("", f"[bold]{escape(family_heading(fam))}[/]",
+                          *([""] * (len(groups) - 1)), style="on grey15")
+        for row in fam.rows:
+            i += 1
+            style = "red" if row.entry.problem else ("dim" if row.status != "ok" else None)
+            table.add_row(str(i), *(escape("\n".join(c.text(row) for c in cols))
+                                    for cols in groups.values()), style=style)
     return table
-
-
-def plot(track_id: str, rows: list[Row], path: Path) -> None:
-    """Emotion UAR against the worst case, 95% CIs as error bars, the Pareto front as a line.
-    Inconsistent entries are left out; trial entries are hollow."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    track = rows[0].entry.track
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    labels = {"ok": "entry (95% CIs)", "trial": "trial entry (reduced protocol)"}
-    for row in rows:
-        if row.entry.problem:
-            continue
-        x, y = row.worst["uar"], row.utility["uar"]
-        err = [[[x - row.worst["ci"][0]], [row.worst["ci"][1] - x]],
-               [[y - row.utility["ci"][0]], [row.utility["ci"][1] - y]]]
-        ax.errorbar(x, y, xerr=err[0], yerr=err[1], fmt="o", capsize=3, color="C0",
-                    mfc="C0" if row.status == "ok" else "white", alpha=0.9,
-                    label=labels.pop(row.status, None))
-        ax.annotate(row.data["name"], (x, y), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
-    front = sorted((r.worst["uar"], r.utility["uar"]) for r in rows if r.pareto)
-    if front:  # a staircase: what is attainable between the front's points
-        ax.plot(*zip(*front), "-", color="C3", lw=1.5, label="Pareto front",
-                drawstyle="steps-post" if track.higher_is_worse else "steps-pre")
-    if track.higher_is_worse:
-        ax.axvline(0.5, color="grey", ls=":", label="chance (gender UAR 0.5)")
-    ax.set_xlabel(f"{track.label} (UAR; {'lower' if track.higher_is_worse else 'higher'} "
-                  f"is better)")
-    ax.set_ylabel("emotion UAR (higher is better)")
-    ax.set_title(_title(track_id), fontsize=9)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_name(track_id: str) -> str:
@@ -218,103 +274,38 @@ def _cell_md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(tracks: dict[str, list[Row]]) -> str:
+def markdown(tracks: dict[str, Board]) -> str:
     out = ["# serbench leaderboard", "", LEGEND, ""]
-    for track_id, rows in tracks.items():
-        cols = columns(rows[0].entry.track)
-        out += [f"## {_title(track_id)}", "",
+    for track_id, board in tracks.items():
+        cols = columns(board.track)
+        out += [f"## {title(track_id)}", "",
                 "| # | " + " | ".join(c.heading for c in cols) + " |",
                 "|---:|" + "|".join("---" for _ in cols) + "|"]
-        out += [f"| {i} | " + " | ".join(_cell_md(c.text(r)) for c in cols) + " |"
-                for i, r in enumerate(rows, 1)]
-        out += [""] + [f"- {_cell_md(n)}" for n in _notes(rows)]
-        out += ["", f"![{track_id}: emotion UAR vs {rows[0].entry.track.label}]"
+        i = 0
+        for fam in board.families:
+            if len(fam.rows) > 1:
+                out.append(f"|  | **{_cell_md(family_heading(fam))}** |"
+                           + " |" * (len(cols) - 1))
+            for r in fam.rows:
+                i += 1
+                out.append(f"| {i} | " + " | ".join(_cell_md(c.text(r)) for c in cols) + " |")
+        out += [""] + [f"- {_cell_md(n)}" for n in notes(board.rows)]
+        out += ["", f"![{track_id}: emotion UAR vs {board.track.label}]"
                     f"({plot_name(track_id)})", ""]
     return "\n".join(out)
 
 
-_SCRIPT = """
-function sortBy(th) {
-  const table = th.closest("table"), body = table.tBodies[0];
-  const index = Array.from(th.parentNode.children).indexOf(th);
-  const ascending = th.getAttribute("aria-sort") !== "ascending";
-  const numeric = th.dataset.type === "number";
-  const value = (row) => {
-    const v = row.cells[index].dataset.sort;
-    return !numeric ? v : v === "" ? Infinity : parseFloat(v);
-  };
-  const rows = Array.from(body.rows).sort((a, b) => {
-    const x = value(a), y = value(b);
-    return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1);
-  });
-  table.querySelectorAll("th").forEach((h) => h.removeAttribute("aria-sort"));
-  th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
-  body.append(...rows);
-}
-document.querySelectorAll("th[data-key]").forEach((th) =>
-  th.addEventListener("click", () => sortBy(th)));
-// A link to a sorted view: #sort=<column>[:desc], e.g. #sort=worst or #sort=utility:desc.
-const wanted = /^#sort=([\\w-]+)(?::(asc|desc))?$/.exec(decodeURIComponent(location.hash));
-if (wanted) {
-  document.querySelectorAll(`th[data-key="${wanted[1]}"]`).forEach((th) => {
-    th.click();
-    if (wanted[2] === "desc") th.click();
-  });
-}
-"""
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f0f0f0; cursor: pointer; user-select: none; }
-th[aria-sort=ascending]::after { content: " ▲"; }
-th[aria-sort=descending]::after { content: " ▼"; }
-td.text { text-align: left; }
-tr.inconsistent td { color: #b00; }
-tr.trial td { color: #777; }
-img { max-width: 100%; }
-"""
-
-
-def html_page(tracks: dict[str, list[Row]], plots: dict[str, bytes]) -> str:
-    """One self-contained page: tables sortable by clicking a column heading, plots inline."""
-    esc = html.escape
-    parts = []
-    for track_id, rows in tracks.items():
-        cols = columns(rows[0].entry.track)
-        head = "".join(f'<th data-key="{c.key}" data-type="{"number" if c.numeric else "text"}" '
-                       f'scope="col">{esc(c.heading)}</th>' for c in cols)
-        body = []
-        for row in rows:
-            kind = {"ok": "ok", "trial": "trial"}.get(row.status, "inconsistent")
-            cells = "".join(
-                f'<td class="{"num" if c.numeric else "text"}" '
-                f'data-sort="{esc(str(c.sort(row)))}">{esc(c.text(row))}</td>' for c in cols)
-            body.append(f'<tr class="{kind}" data-entry="{esc(row.data["name"])}">{cells}</tr>')
-        image = base64.b64encode(plots[track_id]).decode()
-        parts.append(
-            f'<section id="{esc(track_id)}"><h2>{esc(_title(track_id))}</h2>'
-            f'<table class="board" data-track="{esc(track_id)}"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>'
-            f'<ul class="notes">{"".join(f"<li>{esc(n)}</li>" for n in _notes(rows))}</ul>'
-            f'<img alt="{esc(track_id)}: emotion UAR vs {esc(rows[0].entry.track.label)}" '
-            f'src="data:image/png;base64,{image}"></section>')
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<title>serbench leaderboard</title><style>{_STYLE}</style></head><body>'
-            f'<h1>serbench leaderboard</h1><p>{esc(LEGEND)} Click a column heading to sort.</p>'
-            f'{"".join(parts)}<script>{_SCRIPT}</script></body></html>\n')
-
-
 def render(entries: list[Entry], out: Path) -> list[Path]:
     """Write leaderboard.md, leaderboard.html and one PNG per track into ``out``."""
+    from serbench.leaderboard.page import html_page
+    from serbench.leaderboard.plot import plot
     from serbench.results import atomic_write_text  # imports torch: not for `show`
 
     tracks = boards(entries)
     written = []
-    for track_id, rows in tracks.items():
+    for track_id, board in tracks.items():
         written.append(out / plot_name(track_id))
-        plot(track_id, rows, written[-1])
+        plot(board, written[-1])
     plots = {t: (out / plot_name(t)).read_bytes() for t in tracks}
     for name, text in (("leaderboard.md", markdown(tracks)),
                        ("leaderboard.html", html_page(tracks, plots))):

@@ -1,0 +1,165 @@
+"""Families (SPEC §7): one defense at several strengths on one track, shown as a curve; and the
+undefended baseline each defended entry is compared with (attacker adequacy).
+
+A family is the entries of a track with the same defense and the same parameters apart from its
+strength: ε for ``udp``, ``dpsgd`` and ``udp-ref`` (nominal), σ or SNR for ``noise``, the
+training attack's budget for ``adv``. A defense serbench does not know is grouped by the one
+numeric parameter that varies between its entries, if there is one. Entries are data: the
+strength is read from ``defense.params``, which every entry records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serbench.leaderboard.views import Row
+
+#: Per built-in defense, the parameters that set its strength, in order of preference (the
+#: first one an entry sets is its family's axis).
+STRENGTHS: dict[str, tuple[str, ...]] = {
+    "udp": ("epsilon", "noise_multiplier"),
+    "dpsgd": ("epsilon", "noise_multiplier"),
+    "udp-ref": ("epsilon",),
+    "noise": ("sigma", "snr_db"),
+    "adv": ("eps",),
+}
+#: How an axis is written in labels.
+SYMBOLS = {"epsilon": "ε", "noise_multiplier": "z", "sigma": "σ", "snr_db": "SNR dB",
+           "eps": "eps"}
+#: The defense whose entries are the attacker-adequacy baseline.
+BASELINE = "none"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def symbol(defense: str, axis: str) -> str:
+    """``udp-ref``'s ε is nominal: a parameter, not a guarantee."""
+    if defense == "udp-ref" and axis == "epsilon":
+        return "nominal ε"
+    return SYMBOLS.get(axis, axis)
+
+
+@dataclass
+class Family:
+    """A defense's entries on one track that differ in strength only, weakest axis value first."""
+
+    defense: str
+    #: The strength parameter, or None (one configuration, or no single varying parameter).
+    axis: str | None
+    #: The other parameters, shared by every member.
+    fixed: tuple[tuple[str, Any], ...]
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``udp (ε)``, ``noise (σ)``, ``udp (ε; clip=0.5)`` when another family of the defense
+        differs in a fixed parameter (see :func:`families`)."""
+        text = self.defense + (f" ({symbol(self.defense, self.axis)})" if self.axis and
+                               len(self.rows) > 1 else "")
+        return text + (f" [{self.distinct}]" if self.distinct else "")
+
+    #: Set by :func:`families` where several families share a defense.
+    distinct: str = ""
+
+    def value(self, row: Row) -> float | None:
+        if self.axis is None:
+            return None
+        v = row.data["defense"]["params"].get(self.axis)
+        return float(v) if _number(v) else None
+
+    def strength(self, row: Row) -> str:
+        """``ε=10`` (empty for a family without an axis)."""
+        v = self.value(row)
+        return "" if v is None else f"{symbol(self.defense, self.axis)}={v:g}"
+
+    def span(self) -> str:
+        """``ε 1 → 1000`` over the members."""
+        values = [v for r in self.rows if (v := self.value(r)) is not None]
+        if not values:
+            return ""
+        return f"{symbol(self.defense, self.axis)} {min(values):g} → {max(values):g}"
+
+
+def _axis(defense: str, params: dict[str, Any], varying: list[str]) -> str | None:
+    for name in STRENGTHS.get(defense, ()):
+        if params.get(name) is not None:
+            return name
+    if defense not in STRENGTHS and len(varying) == 1 and _number(params.get(varying[0])):
+        return varying[0]
+    return None
+
+
+def families(rows: list[Row], worse: Any) -> list[Family]:
+    """The track's rows as families, each ordered by strength (entries without one by name).
+    Families come best first: by the best worst case among their consistent members (``worse``
+    is the track's comparison), the baseline first among equals, then by name."""
+    by_defense: dict[str, list[Row]] = {}
+    for row in rows:
+        by_defense.setdefault(row.data["defense"]["name"], []).append(row)
+    out: list[Family] = []
+    for defense, members in by_defense.items():
+        keys = sorted({k for r in members for k in r.data["defense"]["params"]})
+        varying = [k for k in keys if len({json.dumps(r.data["defense"]["params"].get(k))
+                                           for r in members}) > 1]
+        found: dict[tuple, Family] = {}
+        for row in members:
+            params = row.data["defense"]["params"]
+            axis = _axis(defense, params, varying)
+            skip = set(STRENGTHS.get(defense, ())) | {axis}
+            fixed = tuple((k, params[k]) for k in sorted(params) if k not in skip)
+            key = (axis, json.dumps(fixed))
+            found.setdefault(key, Family(defense, axis, fixed)).rows.append(row)
+        mine = list(found.values())
+        if len(mine) > 1:  # name what tells them apart
+            for fam in mine:
+                others = [dict(f.fixed) for f in mine if f is not fam]
+                differ = [f"{k}={v}" for k, v in fam.fixed
+                          if any(o.get(k) != v for o in others)]
+                fam.distinct = ", ".join(differ) or (fam.axis or "")
+        for fam in mine:
+            fam.rows.sort(key=lambda r, f=fam: (f.value(r) is None, f.value(r) or 0.0,
+                                                r.data["name"]))
+        out += mine
+
+    def best(fam: Family) -> float:
+        values = [r.worst["uar"] for r in fam.rows if not r.entry.problem] or [
+            r.worst["uar"] for r in fam.rows]
+        pick = values[0]
+        for v in values[1:]:
+            if worse(pick, v):
+                pick = v
+        return pick
+
+    ranked: list[Family] = []
+    for fam in sorted(out, key=lambda f: (f.defense != BASELINE, f.label)):
+        i = 0
+        while i < len(ranked) and not worse(best(ranked[i]), best(fam)):
+            i += 1
+        ranked.insert(i, fam)
+    return ranked
+
+
+def protocol_key(data: dict[str, Any]) -> str:
+    """What two entries must share to be compared: the protocol (folds, seeds, shadow, corpus
+    options, features), the attacks' deviations from their defaults, and the attacks' own
+    parameters."""
+    params = sorted({json.dumps([r["attack"], r["config"].get("attack_params")], sort_keys=True)
+                     for r in data["runs"]})
+    return json.dumps([data["protocol"], data["deviations"], params], sort_keys=True)
+
+
+def baseline_of(row: Row, rows: list[Row]) -> Row | None:
+    """The undefended entry on the same track under the same protocol, if there is one
+    (consistent first, then the one named ``none``, then by name)."""
+    if row.data["defense"]["name"] == BASELINE:
+        return None
+    key = protocol_key(row.data)
+    same = [r for r in rows if r.data["defense"]["name"] == BASELINE
+            and protocol_key(r.data) == key]
+    same.sort(key=lambda r: (bool(r.entry.problem), r.data["name"] != BASELINE, r.data["name"]))
+    return same[0] if same else None
