@@ -161,8 +161,8 @@ class InputAttack(Attack, ABC):
         preds = pd.concat([pd.DataFrame({"task": "emotion", "group": g, "y_true": y,
                                          "y_pred": p, **info})
                            for g, p in (("", clean), (group, robust))], ignore_index=True)
-        return FoldResult(preds,
-                          privacy | {"linf": float((attacked - inputs).abs().max())})
+        return FoldResult(preds, privacy | {"linf": float((attacked - inputs).abs().max())},
+                          deployed.accounting)
 
 
 @dataclass

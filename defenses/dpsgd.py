@@ -205,3 +205,13 @@ class DPSGD(Defense):
         z, accountant = self._trained
         return {"epsilon": float(accountant.get_epsilon(self.delta)), "delta": self.delta,
                 "noise_multiplier": z}
+
+    def training_accounting(self) -> dict[str, str | float]:
+        """:meth:`training_privacy` with its context in words (the module docstring in short)."""
+        privacy = self.training_privacy()
+        return privacy and privacy | {
+            "accountant": "rdp (Opacus' own, over the optimizer steps taken)",
+            "clip": self.max_grad_norm,
+            "sampling": "Poisson-sampled batches (rate batch/n)",
+            "neighbouring_relation": "sample-level (one utterance) add/remove",
+            "epsilon_against": "anyone who sees T or what it transmits"}

@@ -148,6 +148,11 @@ class Defense(Plugin):
         """Formal guarantees of the last training :meth:`make_private` wrapped, if any."""
         return {}
 
+    def training_accounting(self) -> dict[str, Any]:
+        """:meth:`training_privacy` with its accounting context, recorded in the run and the
+        leaderboard entry."""
+        return {}
+
 
 @dataclasses.dataclass
 class Attack(Plugin, ABC):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,10 +64,12 @@ class Target:
 
 @dataclass
 class SplitDeployment:
-    """T trained with the defense on one fold, and the defense's guarantee of that training."""
+    """T trained with the defense on one fold, and the defense's guarantee of that training
+    (numbers, and their accounting context)."""
 
     target: Target
     privacy: dict[str, float]
+    accounting: dict[str, Any]
 
 
 def train_target(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray,
@@ -107,7 +110,7 @@ def deploy_split(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray, defens
     """T as deployed on ``fold`` (trained on ``rows``), with its training's guarantee."""
     target = train_target(recipe, data, rows, defense,
                           stable_seed(seed, fold, "target", recipe.family, recipe.features))
-    return SplitDeployment(target, defense.training_privacy())
+    return SplitDeployment(target, defense.training_privacy(), defense.training_accounting())
 
 
 def transmit(defense: Defense, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
