@@ -40,6 +40,17 @@ class CorpusData:
             self._features[name] = values
         return self._features[name]
 
+    def subset(self, mask: np.ndarray, name: str) -> CorpusData:
+        """The rows ``mask`` selects, with the features extracted so far: features are
+        per-speaker normalised and a split never divides a speaker, so the parent's rows are
+        exact."""
+        part = CorpusData(name, self.table[mask].reset_index(drop=True),
+                          self.clients_per_speaker, self.reporter)
+        for key, values in self._features.items():
+            part._features[key] = values[mask] if isinstance(values, np.ndarray) else [
+                v for v, m in zip(values, mask) if m]
+        return part
+
     def padded(self, features: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence features at one fixed length with their mask (a CNN's input), computed
         once per corpus and shared by every fold."""

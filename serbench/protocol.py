@@ -196,17 +196,7 @@ def split_disjoint(data: CorpusData, seed: int, fraction: float = 0.5
     if is_shadow.all() or not is_shadow.any() or data.table.loc[is_shadow, "gender"].nunique() < 2:
         raise SerbenchError(f"dataset {data.name!r} has too few speakers of each gender to split "
                             f"into target and shadow; give --shadow with another dataset")
-    return _part(data, ~is_shadow, data.name), _part(data, is_shadow, f"{data.name} (shadow)")
-
-
-def _part(data: CorpusData, mask: np.ndarray, name: str) -> CorpusData:
-    part = CorpusData(name, data.table[mask].reset_index(drop=True), data.clients_per_speaker,
-                      data.reporter)
-    # Features are per-speaker normalised, so a row subset of the parent's is exact.
-    for key, values in data._features.items():  # noqa: SLF001
-        part._features[key] = values[mask] if isinstance(values, np.ndarray) else [  # noqa: SLF001
-            v for v, m in zip(values, mask) if m]
-    return part
+    return data.subset(~is_shadow, data.name), data.subset(is_shadow, f"{data.name} (shadow)")
 
 
 def load_shadow(names: Sequence[str], roots: Sequence[str | None], target: str,

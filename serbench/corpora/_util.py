@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serbench.corpora.audio import AUDIO_SUFFIXES, _first_line
+from serbench.corpora.audio import AUDIO_SUFFIXES, first_line
 from serbench.errors import SerbenchError
 
 
@@ -47,7 +47,7 @@ def read_csv(path: Path, required: Iterable[str] = ()) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SerbenchError(f"{path}: unreadable CSV ({_first_line(exc)})") from None
+        raise SerbenchError(f"{path}: unreadable CSV ({first_line(exc)})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
     table = table.apply(lambda column: column.str.strip())
     missing = [c for c in required if c not in table.columns]

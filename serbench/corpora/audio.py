@@ -20,7 +20,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise SerbenchError(f"{path}: unreadable audio ({_first_line(exc)})") from None
+        raise SerbenchError(f"{path}: unreadable audio ({first_line(exc)})") from None
     if data.size == 0:
         raise SerbenchError(f"{path}: audio file holds no samples")
     mono = data.mean(axis=1)
@@ -32,6 +32,6 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return mono
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
