@@ -67,7 +67,8 @@ def _smile(feature_set: str, level: str):  # one openSMILE instance per process
 
 
 @cache
-def _logmel():
+def logmel_model():
+    """The one log-mel front end (16 kHz, 64 bands, 25 ms / 10 ms)."""
     from serbench.features.logmel import LogMel
 
     return LogMel()
@@ -88,4 +89,4 @@ def compute(spec: FeatureSpec, wave: np.ndarray, sample_rate: int) -> np.ndarray
     import torch
 
     with torch.no_grad():
-        return _logmel()(torch.from_numpy(wave)).T.numpy().astype(np.float32)
+        return logmel_model()(torch.from_numpy(wave)).T.numpy().astype(np.float32)

@@ -35,8 +35,15 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("filters", mel_filterbank(n_mels, n_fft, sample_rate), persistent=False)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """Power spectrogram (..., n_fft // 2 + 1, frames)."""
         spec = torch.stft(wave, self.n_fft, self.hop_length, window=self.window,
                           return_complex=True)
-        power = spec.real**2 + spec.imag**2
+        return spec.real**2 + spec.imag**2
+
+    def mel(self, power: torch.Tensor) -> torch.Tensor:
+        """Log mel energies of a power spectrogram."""
         return torch.log(torch.matmul(self.filters, power) + 1e-6)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.mel(self.power(wave))
