@@ -63,7 +63,8 @@ def eval_cmd(
     seed: Annotated[Optional[int], typer.Option(
         help="Seed for every random choice.  [default: 0]")] = None,
     engine: Annotated[Optional[str], typer.Option(
-        help="FL engine: 'inprocess' (default), 'flower' (Flower's simulation engine) or "
+        help="FL engine: 'inprocess' (default: a round's clients batched), 'inprocess-serial' "
+             "(client by client), 'flower' (Flower's simulation engine) or "
              "'flower-deployment' (a running SuperLink: docs/cluster.md).")] = None,
     layer: Annotated[Optional[str], typer.Option(
         help="Layer whose output/update the attacker reads (FL: first, second, last).")] = None,
