@@ -40,7 +40,8 @@ TRACKS = {
                             "worst-case leakage",
                             frozenset({"workers", "analyses", "analysis_scenarios"})),
     # A randomised defense scored by an attack that ignores its randomness is "unscored/...".
-    "input": Track("input", ("fgsm", "pgd", "eot-pgd"), "emotion@robust/", False,
+    # AutoAttack (ART) is RobustBench's standard; its worst case can only lower eot-pgd's.
+    "input": Track("input", ("fgsm", "pgd", "eot-pgd", "autoattack"), "emotion@robust/", False,
                    "worst-case robust UAR"),
 }
 
