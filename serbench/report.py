@@ -95,6 +95,18 @@ def _notes(result: RunResult) -> list[str]:
         notes.append(f"worst case: {_label(worst.measure)} ({worst.mode}) UAR {worst.uar:.3f}, "
                      f"{worst.level:.2%} CI {worst.ci_low:.2f}–{worst.ci_high:.2f} "
                      f"(Bonferroni over the {worst.candidates} measures it was chosen from)")
+    for v in result.violations:
+        fold = "pooled over folds" if v["fold"] == "pooled" else f"fold {v['fold']}"
+        name = _label(measure_name(v["task"], v["group"]))
+        what = "UAR" if v.get("classes", 2) > 1 else "recall (one-class fold)"
+        notes.append(f"BOUND EXCEEDED ({v['mode']}, {fold}): {name} {what} {v['uar']:.3f} > "
+                     f"{v['bound']} {v['bound_uar']:.3f} (difference {v['diff']:+.3f}, paired "
+                     f"{v['level']:.2%} CI {v['ci_low']:+.2f} to {v['ci_high']:+.2f})")
+    bounded = any("bound" in r.predictions and (r.predictions["bound"].fillna("") != "").any()
+                  for m in result.modes for r in m.folds.values())
+    if bounded and not result.violations:
+        notes.append("bound check: no measure beats its bound (intercept: worst) on any fold "
+                     "or pooled, beyond a paired two-stage speaker bootstrap CI (Bonferroni)")
     for name, value in result.modes[0].extras.items():
         notes.append(f"{name} = {value:.4g}")
     notes.append(f"{LEVEL:.0%} CI: {' / '.join(methods)} ({RESAMPLES} resamples of the target's "

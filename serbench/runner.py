@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from serbench.registry import load_plugin
 from serbench.report import write_markdown
 from serbench.results import RunDir, environment, write_content_hash, write_csv, write_json
 from serbench.threads import fixed_threads
-from serbench.scoring import Role, Worst, measure_name, pooled, spread, worst_case
+from serbench.scoring import Role, Worst, bound_violations, measure_name, pooled, spread, \
+    worst_case
 
 
 @dataclass
@@ -100,6 +102,13 @@ class RunResult:
             if cells:
                 return worst_case(cells, role, self.config["seed"])
         return None
+
+    @cached_property
+    def violations(self) -> list[dict[str, Any]]:
+        """Per mode, the folds where a measure beats the one meant to bound it beyond a paired
+        CI (:func:`serbench.scoring.bound_violations`; the intercept's ``worst``)."""
+        return [{"mode": m.mode, **v} for m in self.modes
+                for v in bound_violations(m.predictions(), self.config["seed"])]
 
 
 def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
@@ -229,6 +238,7 @@ def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
     write_json(path / "summary.json", {
         "headline": result.headline(),
         "worst": None if worst is None else asdict(worst),
+        "bound_violations": result.violations,
         "measures": {name: str(role) for name, role in result.roles.items()},
         "modes": {m.mode: {"folds": m.summary, "pooled": m.pooled.to_dict(orient="records"),
                            "extras": m.extras,

@@ -232,3 +232,99 @@ def worst_case(cells: dict[tuple[str, str], pd.DataFrame], role: Role,
     resamples = max(RESAMPLES, int(np.ceil(40 / (1 - level))))
     lo, hi, _ = ci(scored[key], seed, level=level, resamples=resamples)
     return Worst(key[0], key[1], values[key], lo, hi, level, k)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """UAR(a) - UAR(b) of two predictors on the same rows, with its paired CI."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    level: float
+
+    @property
+    def a_exceeds_b(self) -> bool:
+        """Whether a beats b beyond the CI (its lower end above zero)."""
+        return self.ci_low > 0
+
+
+def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+                      speakers: np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0,
+                      level: float = LEVEL) -> Difference:
+    """UAR(a) - UAR(b) on the same rows, with a two-stage paired bootstrap CI: speakers are
+    resampled (within their class where each holds one, as in :func:`speaker_bootstrap`),
+    then each drawn speaker's rows, keeping every row's pair of outcomes (a right?, b right?).
+    The second stage keeps a CI on a fold of one speaker per gender, where resampling speakers
+    alone would always draw the same ones; on many speakers the first stage dominates."""
+    y_true, a, b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    spk_codes, spk = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
+    classes, cls = np.unique(y_true, return_inverse=True)
+    n_spk, n_cls = len(spk_codes), len(classes)
+    cell = 2 * (a == y_true) + (b == y_true)  # 0: both wrong, 1: b only, 2: a only, 3: both
+    counts = np.zeros((n_spk, n_cls, 4))
+    np.add.at(counts, (spk, cls, cell), 1)
+    support = counts.sum(2)
+    single = (support > 0).sum(1) == 1
+    strata = support.argmax(1) if single.all() else np.zeros(n_spk, dtype=int)
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate([members[rng.integers(0, len(members), (resamples, len(members)))]
+                            for s in np.unique(strata)
+                            if len(members := np.flatnonzero(strata == s))], axis=1)
+    n = support[draws]  # (resamples, drawn speakers, classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.nan_to_num(counts[draws] / n[..., None], nan=0.25)
+    cells = rng.multinomial(n.astype(np.int64), p).sum(1)  # (resamples, classes, 4)
+
+    def scores(hits: np.ndarray, sup: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nanmean(np.where(sup > 0, hits / sup, np.nan), axis=-1)
+
+    sup = cells.sum(2)
+    diffs = scores(cells[..., 2] + cells[..., 3], sup) - scores(cells[..., 1] + cells[..., 3], sup)
+    lo, hi = _quantiles(diffs, level)
+    return Difference(uar(y_true, a) - uar(y_true, b), lo, hi, level)
+
+
+def bound_violations(predictions: pd.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
+    """Where a measure beats the one meant to bound it, beyond a paired CI.
+
+    Rows may name, in a ``bound`` column, the group whose UAR should be at least their own
+    (the intercept attack's ``worst`` scenario for every other scenario). Per fold (and
+    ``fold = "pooled"`` over all folds), each such group is compared with its bound on the
+    same rows (:func:`paired_difference`), at a Bonferroni level over every comparison made,
+    so a run of many folds and scenarios that are equal in truth raises no flag by chance.
+    A fold of one class's speakers (a one-gender fold) is compared on that class's recall.
+    Returns one record per violation: fold, task, group, bound, both UARs, the difference,
+    its CI and level, and the number of classes compared."""
+    if "bound" not in predictions or "fold" not in predictions:
+        return []
+    bounded = predictions[predictions["bound"].fillna("").astype(str) != ""]
+    pairs = bounded[["task", "group", "bound"]].drop_duplicates().itertuples(index=False)
+    checks = []
+    for task, group, bound in pairs:
+        rows = predictions[predictions["task"] == task]
+        for fold, part in [*rows.groupby("fold"), ("pooled", rows)]:
+            mine, ref = part[part["group"] == group], part[part["group"] == bound]
+            if len(mine) and len(mine) == len(ref):
+                checks.append((fold, task, group, bound, mine, ref))
+    if not checks:
+        return []
+    level = 1 - (1 - LEVEL) / len(checks)
+    resamples = max(RESAMPLES, int(np.ceil(40 / (1 - level))))
+    out = []
+    for fold, task, group, bound, mine, ref in checks:
+        y_true = mine["y_true"].to_numpy()
+        if not np.array_equal(y_true, ref["y_true"].to_numpy()):
+            continue
+        d = paired_difference(y_true, mine["y_pred"].to_numpy(), ref["y_pred"].to_numpy(),
+                              mine["speaker"].to_numpy(), seed=seed, level=level,
+                              resamples=resamples)
+        if d.a_exceeds_b:
+            bound_uar = uar(y_true, ref["y_pred"].to_numpy())
+            out.append({"fold": fold if fold == "pooled" else int(fold), "task": task,
+                        "group": group, "bound": bound, "uar": bound_uar + d.diff,
+                        "bound_uar": bound_uar, "diff": d.diff, "ci_low": d.ci_low,
+                        "ci_high": d.ci_high, "level": d.level,
+                        "classes": int(len(np.unique(y_true)))})
+    return out

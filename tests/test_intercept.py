@@ -212,3 +212,92 @@ def test_pad_and_crop_keep_the_centre() -> None:
     x, mask = pad_sequences([long, short], 4)
     assert x[0, 0].tolist() == [3, 4, 5, 6] and x[1, 0].tolist() == [1, 1, 1, 0]
     assert mask[1, 0].tolist() == [1, 1, 1, 0]
+
+
+def test_worst_validates_on_held_out_training_speakers_and_picks_the_best(tmp_path: Path) -> None:
+    """Issue 15: worst (and s2) set their epochs on a third of each gender's speakers of T's
+    training side, never a test speaker; worst then takes the attacker of its type that
+    scores best on those speakers, so it bounds the scenarios it ran with."""
+    from serbench.attacks.intercept import _FoldRun
+
+    ctx = small_context(tmp_path, NoDefense(), NoDefense())
+    attack = InterceptAttack(epochs=2, target_epochs=1, attackers="generic", workers=1)
+    attack.fit(ctx)
+    run = _FoldRun(attack, ctx, 1)
+    held = run.validation()
+    side = run.table("target")
+    val_speakers = set(side.loc[held, "speaker"])
+    assert not val_speakers & set(run.table("test")["speaker"])
+    for gender, group in side.drop_duplicates("speaker").groupby("gender"):
+        assert len(val_speakers & set(group["speaker"])) == max(1, round(len(group) / 3))
+    preds = evaluate_fold(attack, ctx, 1).predictions.query("task == 'gender'")
+    by_group = {g: rows for g, rows in preds.groupby("group")}
+    picked = by_group["worst/generic"]["model"].iloc[0]
+    assert picked in SCENARIOS
+    assert (by_group["worst/generic"]["y_pred"].to_numpy()
+            == by_group[f"{picked}/generic"]["y_pred"].to_numpy()).all()
+    assert set(by_group["s1/generic"]["bound"]) == {"worst/generic"}
+    assert set(by_group["worst/generic"]["bound"]) == {""}
+
+
+def test_too_few_speakers_fall_back_to_fixed_epochs(tmp_path: Path) -> None:
+    from serbench.attacks.intercept import _FoldRun
+
+    ctx = small_context(tmp_path, NoDefense(), NoDefense())
+    assert _FoldRun(InterceptAttack(validation=0), ctx, 1).validation() is None
+    one_each = ctx.target.table.drop_duplicates("gender")["speaker"]
+    ctx.target.table = ctx.target.table[ctx.target.table["speaker"].isin(one_each)
+                                        | (ctx.target.table["fold"] == 1)]
+    assert _FoldRun(InterceptAttack(), ctx, 1).validation() is None
+
+
+def _bounded(fold: int, worst: list[int], other: list[int]) -> pd.DataFrame:
+    y = [0] * 30 + [1] * 30
+    speakers = [f"{fold}f"] * 30 + [f"{fold}m"] * 30
+    rows = [pd.DataFrame({"task": "gender", "group": group, "bound": bound, "fold": fold,
+                          "speaker": speakers, "y_true": y, "y_pred": pred})
+            for group, bound, pred in (("worst/generic", "", worst),
+                                       ("s1/generic", "worst/generic", other))]
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_a_scenario_beating_worst_beyond_its_ci_is_flagged() -> None:
+    from serbench.scoring import bound_violations, paired_difference
+
+    right = [0] * 30 + [1] * 30
+    half = [0] * 15 + [1] * 15 + [1] * 15 + [0] * 15  # UAR 0.5
+    near = right[:]
+    near[0] = 1  # one miss: UAR 0.983
+    preds = pd.concat([_bounded(1, right, near), _bounded(2, half, right)], ignore_index=True)
+    flags = bound_violations(preds)
+    assert [(f["fold"], f["group"], f["bound"]) for f in flags if f["fold"] != "pooled"] == [
+        (2, "s1/generic", "worst/generic")]
+    assert flags[0]["uar"] == 1.0 and flags[0]["bound_uar"] == 0.5
+    same = paired_difference(np.array(right), np.array(near), np.array(near),
+                             np.array(["a"] * 30 + ["b"] * 30))
+    assert (same.diff, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    assert not bound_violations(_bounded(1, right, near))
+    assert not bound_violations(preds.drop(columns="bound"))
+
+
+def test_the_run_records_and_reports_the_flag(tmp_path: Path) -> None:
+    import json
+
+    from serbench.report import markdown
+    from serbench.results import FoldResult
+    from serbench.runner import ModeResult, RunResult
+    from serbench.scoring import Role, pooled
+
+    right = [0] * 30 + [1] * 30
+    half = [0] * 15 + [1] * 15 + [1] * 15 + [0] * 15
+    preds = _bounded(3, half, right)
+    mode = ModeResult("non-adaptive", {3: FoldResult(preds.drop(columns="fold"))}, {},
+                      pooled(preds), {})
+    result = RunResult(tmp_path, {"attack": "intercept", "defense": "none", "dataset": "x",
+                                  "features": "logmel", "shadow": "disjoint", "seed": 0,
+                                  "folds": [3]}, [mode],
+                       {"gender@worst/generic": Role.LEAKAGE, "gender@s1/generic": Role.LEAKAGE})
+    assert [v["fold"] for v in result.violations] == [3, "pooled"]
+    assert "BOUND EXCEEDED (non-adaptive, fold 3): gender s1/generic UAR 1.000 > " \
+           "worst/generic 0.500" in markdown(result)
+    json.dumps(result.violations)  # summary.json takes it as is
