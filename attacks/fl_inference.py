@@ -4,11 +4,18 @@ The honest-but-curious server records every client's update. The attacker runs t
 recipe on shadow speakers whose gender it knows, trains a CNN on one layer's updates (the weight
 update as a one-channel image plus the bias update, z-normalised with shadow statistics), and
 classifies each private client's update, alone or averaged over n of that client's updates.
+
+Candidates (``model``): the reference CNN, a logistic regression on the flattened update, and,
+on the first layer, the input-space inversion (:mod:`attacks.update_inversion`): the server
+keeps, of each round's global model it sends, the backprop basis on its own reference inputs,
+maps every first-layer update into class x input-feature space, and classifies there, each side
+standardised with its own statistics. ``auto`` picks the best on held-out shadow speakers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -17,8 +24,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from serbench.attacks.update_inversion import InputSpaceModel, backprop_basis, invert_log
 from serbench.context import EvalContext
-from serbench.deploy.federated import FLDeployment, FLRecipe, federate
+from serbench.deploy.federated import SERVER_ELSEWHERE, FLDeployment, FLRecipe, federate
 from serbench.errors import SerbenchError
 from serbench.fl.engine import FLConfig, UpdateLog, predict
 from serbench.metrics import emotion_classes, emotion_labels
@@ -114,12 +122,33 @@ def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
     return stacks, np.asarray(genders), owners
 
 
+#: Pseudo-layers of an :class:`UpdateLog` holding the inverted first-layer updates (``phi``,
+#: ``psi`` of :func:`attacks.update_inversion.invert`), so :func:`average_updates` averages them.
+INVERTED = ("inversion.phi", "inversion.psi")
+#: Reference inputs (attacker's shadow inputs) for each round's backprop basis.
+REFERENCE_INPUTS = 400
+#: The inversion candidate's grid, searched on held-out shadow speakers: (C, row scaling).
+INVERSION_GRID = tuple((c, scale) for scale in ("class", "update")
+                       for c in (1e-3, 1e-2, 1e-1, 1.0))
+
+
+def add_inverted(run_log: UpdateLog, bases: dict[int, torch.Tensor]) -> None:
+    """Add :data:`INVERTED` to ``run_log``: each first-layer update mapped with its round's
+    basis (once per log; deployments are shared by the attack modes)."""
+    if INVERTED[0] not in run_log.layers:
+        phi, psi = invert_log(run_log.layers["first.weight"], run_log.layers["first.bias"],
+                              run_log.rounds, bases)
+        run_log.layers[INVERTED[0]], run_log.layers[INVERTED[1]] = phi, psi
+
+
 class _Fitted(NamedTuple):
     """What :meth:`FLInferenceAttack.fit` learns in one attack mode."""
 
-    stats: list[tuple[torch.Tensor, torch.Tensor]]  #: shadow mean and std of weight and bias
+    #: shadow mean and std of weight and bias (``None``: the model standardises itself)
+    stats: list[tuple[torch.Tensor, torch.Tensor]] | None
     model: nn.Module
     selection: dict[str, float]  #: held-out shadow UAR of each candidate model
+    names: tuple[str, str]  #: the update log's layers the model reads
 
 
 @dataclass
@@ -139,8 +168,12 @@ class FLInferenceAttack(Attack):
     input_pool: int = 8
     epochs: int = 12
     shadow_probe_every: int = 8
+    #: Shadow FL runs for the inversion candidate: the first starts from the server's
+    #: initialisation (the weight-space models need its alignment), the others from other
+    #: initialisations and client samplings (the reference trained five shadow models).
+    shadow_runs: int = 3
 
-    MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear")
+    MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear", "inversion")
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
 
     def validate(self) -> None:
@@ -148,12 +181,15 @@ class FLInferenceAttack(Attack):
             raise SerbenchError(f"attack {self.name!r}: unknown layer {self.layer!r}; "
                                 f"valid layers: {', '.join(SERMLP.layer_names)}")
         if (self.rounds < 1 or not 0 < self.client_fraction <= 1 or self.input_pool < 1
-                or self.shadow_probe_every < 0):
+                or self.shadow_probe_every < 0 or self.shadow_runs < 1):
             raise SerbenchError(f"attack {self.name!r}: need rounds >= 1, 0 < client_fraction <= 1"
-                                f", input_pool >= 1 and shadow_probe_every >= 0")
+                                f", input_pool >= 1, shadow_probe_every >= 0 and shadow_runs >= 1")
         if self.model not in self.MODELS:
             raise SerbenchError(f"attack {self.name!r}: unknown model {self.model!r}; "
                                 f"valid: {', '.join(self.MODELS)}")
+        if self.model == "inversion" and self.layer != "first":
+            raise SerbenchError(f"attack {self.name!r}: model 'inversion' inverts first-layer "
+                                f"updates only; give layer=first or another model")
         self.averaging_sizes()
 
     def averaging_sizes(self) -> list[int | None]:
@@ -178,10 +214,27 @@ class FLInferenceAttack(Attack):
     def recorded(self) -> tuple[str, str]:
         return f"{self.layer}.weight", f"{self.layer}.bias"
 
+    def inverts(self, ctx: EvalContext) -> bool:
+        """Whether the inversion is a candidate: first layer only (deeper layers' inputs are
+        hidden activations, not shared features), and an engine whose server loop runs here."""
+        return (self.layer == "first" and self.model in ("auto", "inversion")
+                and ctx.shadow is not None
+                and (self.model == "inversion" or ctx.engine not in SERVER_ELSEWHERE))
+
+    def reference_inputs(self, ctx: EvalContext) -> torch.Tensor:
+        """The attacker's reference inputs for the backprop basis: a seeded sample of its shadow
+        inputs (the same for the shadow and the target runs)."""
+        x = torch.as_tensor(ctx.shadow.features(ctx.features), dtype=torch.float32)
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))
+        return x[rows[:REFERENCE_INPUTS]].contiguous()
+
     def recipe(self, ctx: EvalContext) -> FLRecipe:
-        """The FL training the server runs, recording the attacked layer's updates."""
+        """The FL training the server runs, recording the attacked layer's updates (and, for
+        the inversion, keeping each round's backprop basis of the global model it sends)."""
+        observe = (partial(backprop_basis, x_ref=self.reference_inputs(ctx))
+                   if self.inverts(ctx) else None)
         return FLRecipe(self.fl_config(ctx), self.recorded, ctx.features,
-                        emotion_classes(ctx.target.table["emotion"]))
+                        emotion_classes(ctx.target.table["emotion"]), observe=observe)
 
     def fit(self, ctx: EvalContext) -> None:
         if ctx.shadow is None:
@@ -190,23 +243,15 @@ class FLInferenceAttack(Attack):
         # The server knows each round's global model, so it can compute every shadow client's
         # update on it (probing), not just the sampled clients' ones.
         probe = range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every else range(0)
-        run = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                       ctx.shadow_defense, seed=ctx.seed + 7919, init_seed=ctx.seed,
-                       engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
-                       description=f"shadow {self.algorithm} ({ctx.mode})").run
-        weight, bias = (run.log.layers[n] for n in self.recorded)
-        stats = [(t.mean(0), t.std(0) + 1e-8) for t in (weight, bias)]
+        deployed = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
+                            ctx.shadow_defense, seed=ctx.seed + 7919, init_seed=ctx.seed,
+                            engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
+                            description=f"shadow {self.algorithm} ({ctx.mode})")
+        run = deployed.run
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
-        speaker_of = dict(zip(run.log.clients, run.log.speakers))
-        parts = [([weight, bias], run.log.genders, run.log.speakers)]
-        for n in self.averaging_sizes():
-            if n != 1:
-                averaged, genders, owners = average_updates(run.log, self.recorded, n)
-                parts.append((averaged, genders, [speaker_of[o] for o in owners]))
-        weight, bias = (torch.cat([p[0][i] for p in parts]) for i in (0, 1))
-        genders = np.concatenate([p[1] for p in parts])
-        speakers = np.concatenate([np.asarray(p[2]) for p in parts])
+        stats = [(t.mean(0), t.std(0) + 1e-8) for t in (run.log.layers[n] for n in self.recorded)]
+        (weight, bias), genders, speakers, groups = self._training_set(run.log, self.recorded)
         labels = torch.as_tensor(genders)
         # Validate on held-out shadow speakers (a third of each gender) so the attacker is
         # tuned, and its model chosen, for speakers it has never seen.
@@ -221,7 +266,8 @@ class FLInferenceAttack(Attack):
         inputs = _normalise([weight, bias], stats)
         train = ([t[~val] for t in inputs], labels[~val])
         held_out = ([t[val] for t in inputs], labels[val])
-        candidates = {}
+        candidates: dict[str, nn.Module] = {}
+        selection: dict[str, float] = {}
         if self.model in ("auto", "linear"):
             candidates["linear"] = LinearUpdateModel().fit(*train)
         if self.model in ("auto", "cnn"):
@@ -230,17 +276,78 @@ class FLInferenceAttack(Attack):
                 candidates["cnn"] = fit_classifier(
                     model, *train, val=held_out, epochs=self.epochs, lr=1e-3, weight_decay=1e-4,
                     patience=3, seed=ctx.seed, advance=adv)
+        # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from
+        # which the CNN is initialised, so the weight-space candidates stay as they were.
+        if self.inverts(ctx):
+            add_inverted(run.log, deployed.observed)
+            inverted = self._training_set(run.log, INVERTED)[0]
+            inv_labels, inv_val, inv_groups = labels, val, groups
+            for k in range(1, self.shadow_runs):  # more runs: other init and sampling
+                more = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
+                                ctx.shadow_defense, seed=ctx.seed + 7919 + k,
+                                init_seed=ctx.seed + 1000 + k, engine=ctx.engine,
+                                reporter=ctx.reporter, probe_rounds=probe,
+                                description=f"shadow {self.algorithm} run {k + 1} ({ctx.mode})")
+                add_inverted(more.run.log, more.observed)
+                phi_psi, g, spk, grp = self._training_set(more.run.log, INVERTED)
+                inverted = [torch.cat([a, b]) for a, b in zip(inverted, phi_psi)]
+                inv_labels = torch.cat([inv_labels, torch.as_tensor(g)])
+                inv_val = torch.cat([inv_val, torch.as_tensor(np.isin(spk, list(held)))])
+                inv_groups = np.concatenate([inv_groups, grp])
+            candidates["inversion"], selection["inversion"], chosen_grid = self._fit_inversion(
+                inverted, inv_labels, inv_val, inv_groups)
+            ctx.reporter.log(f"{ctx.mode} inversion candidate: C={chosen_grid[0]:g}, "
+                             f"rows scaled per {chosen_grid[1]}")
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
-        selection = {name: uar(held_out[1].numpy(),
-                               predict_proba(m, held_out[0]).argmax(1).numpy())
-                     for name, m in candidates.items()}
+        selection |= {name: uar(held_out[1].numpy(),
+                                predict_proba(m, held_out[0]).argmax(1).numpy())
+                      for name, m in candidates.items() if name not in selection}
         chosen = max(selection, key=selection.get)
         model = candidates[chosen]
         if chosen == "linear":  # cheap to refit: use every shadow speaker
             model = LinearUpdateModel().fit(inputs, labels)
-        self._fitted[ctx.mode] = _Fitted(stats, model, selection)
+        if chosen == "inversion":
+            self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
+        else:
+            self._fitted[ctx.mode] = _Fitted(stats, model, selection, self.recorded)
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
+
+    def _training_set(self, log: UpdateLog, names: tuple[str, str]
+                      ) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray, np.ndarray]:
+        """``names``' single updates plus their averages over each averaging size n != 1, with
+        each row's gender, speaker and group (the index of its averaging size; 0 = single)."""
+        speaker_of = dict(zip(log.clients, log.speakers))
+        parts = [([log.layers[n] for n in names], log.genders, log.speakers)]
+        for n in self.averaging_sizes():
+            if n != 1:
+                averaged, genders, owners = average_updates(log, names, n)
+                parts.append((averaged, genders, [speaker_of[o] for o in owners]))
+        inputs = [torch.cat([p[0][i] for p in parts]) for i in range(len(names))]
+        groups = np.concatenate([np.full(len(p[1]), i) for i, p in enumerate(parts)])
+        return (inputs, np.concatenate([p[1] for p in parts]),
+                np.concatenate([np.asarray(p[2]) for p in parts]), groups)
+
+    @staticmethod
+    def _fit_inversion(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
+                       groups: np.ndarray) -> tuple[InputSpaceModel, float, tuple[float, str]]:
+        """The inversion candidate: :data:`INVERSION_GRID` searched on held-out shadow speakers
+        (each averaging size standardised with its own statistics, as the target's will be),
+        then refitted on every shadow speaker."""
+        train = ([t[~val] for t in inputs], labels[~val])
+        held = [t[val] for t in inputs]
+        held_groups, truth = groups[val.numpy()], labels[val].numpy()
+        scores = {}
+        for c, scale in INVERSION_GRID:
+            model = InputSpaceModel(c, scale).fit(*train)
+            pred = np.empty(len(truth), dtype=np.int64)
+            for g in np.unique(held_groups):
+                rows = torch.as_tensor(np.flatnonzero(held_groups == g))
+                part = [t[rows] for t in held]
+                pred[rows.numpy()] = model.adapt(part)(*part).argmax(1).numpy()
+            scores[c, scale] = uar(truth, pred)
+        best = max(scores, key=scores.get)
+        return InputSpaceModel(*best).fit(inputs, labels), scores[best], best
 
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table
@@ -255,11 +362,18 @@ class FLInferenceAttack(Attack):
         rows = [pd.DataFrame({"task": "emotion", "group": "", "speaker": speakers,
                               "y_true": y_test, "y_pred": y_pred})]
         speaker_of = dict(zip(run.log.clients, run.log.speakers))
+        if fitted.names == INVERTED:
+            add_inverted(run.log, deployed.observed)
         for n in self.averaging_sizes():
-            if ("averaged", n) not in deployed.views:  # shared by the modes, like the run
-                deployed.views["averaged", n] = average_updates(run.log, self.recorded, n)
-            inputs, genders, owners = deployed.views["averaged", n]
-            proba = predict_proba(fitted.model, _normalise(inputs, fitted.stats)).numpy()
+            key = ("averaged", n, fitted.names)
+            if key not in deployed.views:  # shared by the modes, like the run
+                deployed.views[key] = average_updates(run.log, fitted.names, n)
+            inputs, genders, owners = deployed.views[key]
+            if fitted.stats is None:  # transductive: the server sees every client's update
+                fitted.model.adapt(inputs)
+            else:
+                inputs = _normalise(inputs, fitted.stats)
+            proba = predict_proba(fitted.model, inputs).numpy()
             rows.append(pd.DataFrame({"task": "gender", "group": f"n={n or 'all'}",
                                       "speaker": [speaker_of[o] for o in owners],
                                       "y_true": genders, "y_pred": proba.argmax(1),

@@ -78,7 +78,8 @@ class BasisRecorder:
     """Wraps an in-process engine's :data:`~serbench.fl.engine.RoundUpdates` (default: the
     batched one) to keep what the server knows in each round: the :func:`backprop_basis` of the
     global model it sent, on ``x_ref`` (the attacker's own reference inputs). For the benchmark
-    and the tests; fl_inference gets the global models from the engine instead."""
+    and the tests; fl_inference gets the bases through the deployment stage (the engine's
+    ``on_global`` hook, :attr:`FLRecipe.observe`)."""
 
     def __init__(self, x_ref: torch.Tensor, round_updates=None) -> None:
         if round_updates is None:

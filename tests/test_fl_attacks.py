@@ -65,3 +65,33 @@ def test_run_directory_is_self_describing_and_resumes(tmp_path) -> None:
     resumed = run_eval(cfg, out)
     assert fold_file.stat().st_mtime_ns == before  # finished folds are not recomputed
     assert set(resumed.modes[0].folds) == {1, 2}
+
+
+def test_inversion_model_beats_chance_end_to_end(tmp_path) -> None:
+    """``model=inversion`` (first-layer updates mapped into input-feature space with each
+    round's global model, which the deployment stage shows the attack) leaks on synth, here
+    trained on two shadow runs (the second from another initialisation)."""
+    cfg = EvalConfig(attack="fedsgd", folds=[1], attack_params={
+        "rounds": 30, "averaging": "1", "model": "inversion", "shadow_runs": 2})
+    result = run_eval(cfg, tmp_path / "run")
+    assert single_update_leakage(result) > 0.7
+    extras = result.modes[0].folds[1].extras
+    assert set(k for k in extras if k.startswith("shadow held-out")) == {
+        "shadow held-out UAR (inversion)"}
+
+
+@pytest.mark.parametrize("layer", ["first", "last"])
+def test_auto_considers_the_inversion_on_the_first_layer_only(layer: str, tmp_path) -> None:
+    cfg = EvalConfig(attack="fedavg", folds=[1], attack_params={
+        "rounds": 12, "averaging": "1,all", "epochs": 2, "layer": layer})
+    extras = run_eval(cfg, tmp_path / "run").modes[0].folds[1].extras
+    candidates = {k.split("(")[1].rstrip(")") for k in extras if k.startswith("shadow held-out")}
+    weight_space = {"linear", "cnn"}
+    assert candidates == (weight_space | {"inversion"} if layer == "first" else weight_space)
+
+
+def test_inversion_needs_the_first_layer() -> None:
+    from serbench.attacks.fl_inference import FedSGDAttack
+    from serbench.errors import SerbenchError
+    with pytest.raises(SerbenchError, match="first-layer"):
+        FedSGDAttack(model="inversion", layer="second")

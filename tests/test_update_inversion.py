@@ -79,3 +79,33 @@ def test_input_space_attack_beats_chance_on_synth() -> None:
     phi, psi, genders = _run(target, rows, classes, x_ref, 2, 2, 20, range(0))
     pred = model.adapt([phi, psi])(phi, psi).argmax(1).numpy()
     assert uar(genders, pred) > 0.7
+
+
+def test_deployment_keeps_the_basis_of_each_rounds_global_model() -> None:
+    """The engine's ``on_global`` hook, used by the deployment stage, shows each round's global
+    model before its clients train: the kept bases equal a recording engine's."""
+    from functools import partial
+
+    from serbench.deploy.federated import FLRecipe, federate
+    from serbench.progress import NullReporter
+    from serbench.registry import load_plugin
+
+    data = load_corpus("synth", None)
+    classes = emotion_classes(data.table["emotion"])
+    rows = np.flatnonzero(data.table["fold"] == 1)
+    x_ref = torch.tensor(data.features("emobase")[:50], dtype=torch.float32)
+    cfg = FLConfig("fedavg", rounds=4, n_classes=len(classes))
+    recipe = FLRecipe(cfg, ("first.weight",), "emobase", tuple(classes),
+                      observe=partial(backprop_basis, x_ref=x_ref))
+    deployed = federate(recipe, data, rows, load_plugin("defense", "none")(), seed=3,
+                        init_seed=0, engine="inprocess", reporter=NullReporter(),
+                        description="test")
+    table = data.table.iloc[rows].reset_index(drop=True)
+    recorder = BasisRecorder(x_ref)
+    run_in_process(recorder, data.features("emobase")[rows],
+                   emotion_labels(table["emotion"], classes, deal_others=True),
+                   make_clients(table, data.clients_per_speaker, 3), cfg, 3,
+                   init=init_params(x_ref.shape[1], cfg, 0))
+    assert sorted(deployed.observed) == list(range(4))
+    for rnd in range(4):
+        torch.testing.assert_close(deployed.observed[rnd], recorder.bases[rnd])

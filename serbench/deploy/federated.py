@@ -5,19 +5,25 @@ guarantee accounted for the run's own client schedule."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from serbench.context import CorpusData
+from serbench.errors import SerbenchError
 from serbench.fl import get_engine
 from serbench.fl.clients import make_clients, most_participations, schedule
-from serbench.fl.engine import FLConfig, FLRun, init_params
+from serbench.fl.engine import FLConfig, FLRun, Params, init_params
 from serbench.metrics import emotion_labels
 from serbench.plugins import Defense
 from serbench.progress import Reporter
+
+
+#: Engines whose server loop runs outside this process: no ``on_global`` hook, so no
+#: :attr:`FLRecipe.observe`.
+SERVER_ELSEWHERE = frozenset({"flower-deployment"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class FLRecipe:
     features: str
     #: The target corpus's emotion classes: the model's outputs on every side.
     classes: tuple[str, ...]
+    #: What the server keeps of each round's global model (a small function of it, e.g. an
+    #: attack's inversion basis), in :attr:`FLDeployment.observed`; ``None``: nothing.
+    observe: Callable[[Params], Any] | None = field(default=None, compare=False)
 
 
 class Accounted(NamedTuple):
@@ -53,6 +62,8 @@ class FLDeployment:
     #: Attack-side views of the updates (e.g. averages over n rounds), computed once and shared
     #: by the attack modes that read this deployment.
     views: dict[Any, Any] = field(default_factory=dict)
+    #: round -> ``recipe.observe`` of that round's global model (empty without ``observe``).
+    observed: dict[int, Any] = field(default_factory=dict)
 
 
 def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defense, *,
@@ -80,9 +91,16 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
                           most_participations(chosen, len(clients), len(probe_rounds)))
     defense.calibrate(**accounted._asdict())
     init = init_params(x.shape[1], cfg, init_seed)
+    observed: dict[int, Any] = {}
+    hook = {}
+    if recipe.observe is not None:
+        if engine in SERVER_ELSEWHERE:
+            raise SerbenchError(f"engine {engine!r} runs the server in another process, so it "
+                                f"cannot show this process each round's global model")
+        hook["on_global"] = lambda rnd, params: observed.__setitem__(rnd, recipe.observe(params))
     with reporter.track(description, cfg.rounds) as advance:
         run = get_engine(engine)(x, y, clients, cfg, seed, init=init, defense=defense,
                                  record=recipe.record, probe_rounds=probe_rounds,
-                                 on_round=advance)
+                                 on_round=advance, **hook)
     return FLDeployment(run, accounted, defense.privacy(**accounted._asdict()),
-                        defense.accounting(**accounted._asdict()))
+                        defense.accounting(**accounted._asdict()), observed=observed)

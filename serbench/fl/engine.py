@@ -201,7 +201,8 @@ def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
                    clients: Sequence[Client], cfg: FLConfig, seed: int, *,
                    init: Params | None = None, defense: Defense | None = None,
                    record: Sequence[str] = (), probe_rounds: Collection[int] = (),
-                   on_round: Callable[[int], None] | None = None) -> FLRun:
+                   on_round: Callable[[int], None] | None = None,
+                   on_global: Callable[[int, Params], None] | None = None) -> FLRun:
     """Train the global model from ``init`` (default: initialised from ``seed``) with each
     round's updates from ``round_updates``; record the parameters named in ``record`` of every
     shared update.
@@ -220,7 +221,7 @@ def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
     params = init if init is not None else init_params(x.shape[1], cfg, seed)
     with single_thread():
         return federate(updates, params, clients, cfg, seed, record=record,
-                        probe_rounds=probe_rounds, on_round=on_round)
+                        probe_rounds=probe_rounds, on_round=on_round, on_global=on_global)
 
 
 def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
@@ -277,9 +278,14 @@ def single_thread() -> Iterator[None]:
 
 def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], cfg: FLConfig,
              seed: int, *, record: Sequence[str] = (), probe_rounds: Collection[int] = (),
-             on_round: Callable[[int], None] | None = None) -> FLRun:
+             on_round: Callable[[int], None] | None = None,
+             on_global: Callable[[int, Params], None] | None = None) -> FLRun:
     """The honest-but-curious server's loop, shared by every engine: sample the round's
-    clients, collect their ``updates``, record them, aggregate the sampled ones."""
+    clients, collect their ``updates``, record them, aggregate the sampled ones.
+
+    ``on_global(rnd, params)`` sees each round's global model before its clients train (what
+    the server sends; e.g. an attacker keeping a small function of it). It must not modify
+    ``params``."""
     per_round = cfg.clients_per_round(len(clients))
     probe_rounds = set(probe_rounds)
     sizes = [len(clients) if r in probe_rounds else per_round for r in range(cfg.rounds)]
@@ -298,6 +304,8 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
     for rnd in range(cfg.rounds):
         chosen = [int(k) for k in sampled[rnd]]
         ks = range(len(clients)) if rnd in probe_rounds else chosen
+        if on_global:
+            on_global(rnd, params)
         shared = dict(zip(ks, updates(params, rnd, ks)))
         for k, update in shared.items():
             c = clients[k]

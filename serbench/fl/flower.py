@@ -41,7 +41,8 @@ def _backend() -> dict:
 def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
                   seed: int, *, init: Params | None = None, defense: Defense | None = None,
                   record: Sequence[str] = (), probe_rounds: Collection[int] = (),
-                  on_round: Callable[[int], None] | None = None) -> FLRun:
+                  on_round: Callable[[int], None] | None = None,
+                  on_global: Callable[[int, Params], None] | None = None) -> FLRun:
     """:func:`serbench.fl.engine.run_federated` on Flower's simulation engine."""
     result: list[FLRun] = []
     with tempfile.TemporaryDirectory(prefix="serbench-flower-") as tmp:
@@ -53,7 +54,7 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
 
         @server.main()
         def main(grid: Grid, context: Context) -> None:
-            result.append(serve(grid, job, on_round))
+            result.append(serve(grid, job, on_round, on_global))
 
         flwr_log = logging.getLogger("flwr")
         level = flwr_log.level

@@ -244,7 +244,8 @@ def _place(grid: Grid, job: FlowerJob) -> list[tuple[int, np.ndarray]]:
         time.sleep(POLL)
 
 
-def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = None) -> FLRun:
+def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = None,
+          on_global: Callable[[int, Params], None] | None = None) -> FLRun:
     """The ServerApp's work for both engines: place clients, then run
     :func:`serbench.fl.engine.federate` with each round's clients trained over ``grid``."""
     placement = _place(grid, job)
@@ -264,7 +265,7 @@ def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = N
         return [dict(replies[label].content["update"].to_torch_state_dict()) for label in messages]
 
     return federate(updates, job.init, job.clients, job.cfg, job.seed, record=job.record,
-                    probe_rounds=job.probe_rounds, on_round=on_round)
+                    probe_rounds=job.probe_rounds, on_round=on_round, on_global=on_global)
 
 
 server_app = ServerApp()
