@@ -28,7 +28,7 @@ from serbench.errors import SerbenchError  # noqa: E402
 from serbench.fl import engine  # noqa: E402
 from serbench.fl.clients import Client  # noqa: E402
 from serbench.fl.flower_apps import write_partition  # noqa: E402
-from serbench.metrics import uar  # noqa: E402
+from serbench.scoring import uar  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ROWS, DIM = 12, 16  # rows per client, features
