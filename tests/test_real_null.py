@@ -1,7 +1,12 @@
-"""SPEC §8's real-audio null: RAVDESS with gender labels permuted across actors (half agree
-with the voice). Any leakage there is a pipeline bug or an over-confident statistic, so every
-gender measure's speaker-level CI, and the headline's worst case, must cover chance.
-Skips without the real data (../shared/data/ravdess)."""
+"""SPEC §8's real-audio null: RAVDESS with gender labels permuted across actors (exactly half
+agree with the voice). A leak there is a pipeline bug or an over-confident statistic, so no
+gender measure's speaker-level CI may lie above chance, and the headline's worst case (its CI
+widened for the choice) must cover it. Skips without the real data (../shared/data/ravdess).
+
+Below chance is possible and is no leak: with exactly half of all actors agreeing, a training
+side that holds more agreeing actors leaves the test fold with more disagreeing ones, so an
+attacker trained on T's own speakers (``worst``) can score significantly below 0.5 (seen:
+worst/generic 0.35, CI 0.21-0.49, with reduced training)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,6 @@ def test_permuted_gender_leaks_nothing(attack: str, ravdess_root: Path, tmp_path
     pooled = result.modes[0].pooled.query("task == 'gender'")
     assert len(pooled) > 1 and (pooled["ci_method"] == "speaker bootstrap").all()
     for row in pooled.itertuples():
-        assert row.ci_low <= 0.5 <= row.ci_high, (row.group, row.uar, row.ci_low, row.ci_high)
+        assert row.ci_low <= 0.5, (row.group, row.uar, row.ci_low, row.ci_high)
     worst = result.worst()
     assert worst.ci_low <= 0.5 <= worst.ci_high, worst
