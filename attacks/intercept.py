@@ -28,7 +28,6 @@ from torch import nn
 from serbench.analyses import write_analysis
 from serbench.attacks.sides import FoldSides
 from serbench.context import EvalContext
-from serbench.results import FoldResult
 from serbench.corpora.base import GENDERS
 from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, stable_seed, \
     train_target, transmit
@@ -38,7 +37,7 @@ from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, bu
     check_layer, default_layer, readable_layers
 from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Attack, Surface
-from serbench.results import write_csv
+from serbench.results import FoldResult, write_csv
 from serbench.scoring import uar
 
 

@@ -12,23 +12,23 @@ from typing import Any
 
 import pandas as pd
 
+from serbench.config import write_run_config
 from serbench.context import EvalContext
 from serbench.deploy import deploy
-from serbench.results import FoldResult
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
 from serbench.fl import get_engine
 from serbench.plugins import Attack, Defense
 from serbench.progress import NullReporter, Reporter
-from serbench.config import write_run_config
 from serbench.protocol import DISJOINT, NO_SHADOW, class_counts, gender_permutation, load_corpus, \
     load_shadow, select_folds, split_disjoint
 from serbench.registry import load_plugin
 from serbench.report import write_markdown
-from serbench.results import RunDir, environment, write_content_hash, write_csv, write_json
-from serbench.threads import fixed_threads
+from serbench.results import FoldResult, RunDir, environment, write_content_hash, write_csv, \
+    write_json
 from serbench.scoring import Role, Worst, bound_violations, measure_name, pooled, spread, \
     worst_case
+from serbench.threads import fixed_threads
 
 
 @dataclass
