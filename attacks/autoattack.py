@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from serbench.attacks.adversarial import InputAttack, Schedule, randomises_input
+from serbench.deploy.split import through_input
 from serbench.errors import SerbenchError
 from serbench.plugins import Defense
 
@@ -60,8 +61,8 @@ class ShadowedModel(nn.Module):
         self.net, self.shadow, self.generator, self.samples = net, shadow, generator, samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([F.log_softmax(self.net(self.shadow.transform_input(
-            x, generator=self.generator)), dim=1) for _ in range(self.samples)])
+        logp = torch.stack([F.log_softmax(self.net(through_input(self.shadow, x, self.generator)),
+                                          dim=1) for _ in range(self.samples)])
         return torch.logsumexp(logp, dim=0) - math.log(self.samples)
 
     def train(self, mode: bool = True) -> ShadowedModel:
