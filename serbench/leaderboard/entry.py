@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,17 +191,15 @@ def measure_stats(records: list[dict[str, Any]], bootstrap_seed: int) -> dict[st
     frame = decode_predictions(records)
     legacy = "speaker" not in frame
     folds = {}
-    with warnings.catch_warnings():  # legacy: a fold whose speakers are all of one gender
-        warnings.simplefilter("ignore", UserWarning)
-        for (seed, fold), rows in frame.groupby(["seed", "fold"], sort=False):
-            if legacy:
-                folds[(int(seed), int(fold))] = {
-                    measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
-                    for (t, g), r in rows.groupby(["task", "group"], sort=False)}
-            else:
-                folds[(int(seed), int(fold))] = {
-                    k.removesuffix(".uar"): v for k, v in measure_metrics(rows).items()
-                    if k.endswith(".uar")}
+    for (seed, fold), rows in frame.groupby(["seed", "fold"], sort=False):
+        if legacy:
+            folds[(int(seed), int(fold))] = {
+                measure_name(t, g): uar(r["y_true"].to_numpy(), r["y_pred"].to_numpy())
+                for (t, g), r in rows.groupby(["task", "group"], sort=False)}
+        else:
+            folds[(int(seed), int(fold))] = {
+                k.removesuffix(".uar"): v for k, v in measure_metrics(rows).items()
+                if k.endswith(".uar")}
     stats = spread(folds.values())
     out = {}
     for row in pooled(frame, bootstrap_seed).to_dict(orient="records"):
