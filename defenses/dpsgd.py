@@ -32,6 +32,8 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import (DPLossFastGradientClipping,
+                                                       DPTensorFastGradientClipping)
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.optim import Optimizer
@@ -43,47 +45,48 @@ from serbench.errors import SerbenchError
 from serbench.plugins import Defense, Surface
 
 
-class _ClipPerExample(torch.autograd.Function):
-    """Identity forward. Backward: Opacus' first ghost-clipping pass on the model below (its
-    hooks record each example's gradient norm), then the incoming gradient with each example's
-    row scaled by its clipping factor, so the rest of the backward is Opacus' second pass."""
-
-    @staticmethod
-    def forward(ctx, out: torch.Tensor, gsm: GradSampleModuleFastGradientClipping
-                ) -> torch.Tensor:
-        ctx.gsm = gsm
-        ctx.save_for_backward(out)
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        out, = ctx.saved_tensors
-        gsm = ctx.gsm
-        torch.autograd.grad(out, [p for p in gsm.parameters() if p.requires_grad], grad,
-                            retain_graph=True)
-        coef = gsm.get_clipping_coef()
-        gsm.disable_hooks()
-        # A mean loss gives each example 1/n of its gradient; Opacus' optimizer wants the sum.
-        return grad * (coef * len(grad)).view(-1, *[1] * (grad.dim() - 1)), None
+#: PyTorch warns when Opacus' backward hook on the first layer fires although its input needs
+#: no gradient; that says nothing to the user.
+_FULL_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to"
 
 
-class GhostClipped(nn.Module):
-    """The model a trainer trains under DP-SGD: Opacus' ghost clipping (per-example gradient
-    norms without materialising per-example gradients, then a backward weighted by the clipping
-    factors) inside the trainer's own ``loss.backward()``. Opacus runs its two passes from a loss
-    object of its own, but serbench's trainers compute their loss themselves. Hooks stay off
-    outside training steps, so gradients through the trained model (e.g. adversarial
-    examples) work as without DP."""
+class _DPLoss(DPLossFastGradientClipping):
+    """Opacus' ghost-clipping loss, whose ``backward()`` runs its two passes, with the hook
+    warning above silenced around them (only there: no process-wide filter)."""
+
+    def __call__(self, *args, **kwargs) -> DPTensorFastGradientClipping:
+        loss = super().__call__(*args, **kwargs)
+        return _QuietDPTensor(loss.module, loss.optimizer, loss.loss_per_sample,
+                              loss.loss_reduction)
+
+
+class _QuietDPTensor(DPTensorFastGradientClipping):
+    def backward(self) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _FULL_HOOK_WARNING, UserWarning)
+            super().backward()
+
+
+class _HooksWhileTraining(nn.Module):
+    """Opacus' module with its hooks on only in training forwards: gradients through a model
+    trained under DP-SGD (adversarial examples against T) then work as without DP."""
 
     def __init__(self, gsm: GradSampleModuleFastGradientClipping) -> None:
         super().__init__()
         self.gsm = gsm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch.is_grad_enabled()):
-            return self.gsm(x)
-        self.gsm.enable_hooks()
-        return _ClipPerExample.apply(self.gsm(x), self.gsm)
+        if self.training and torch.is_grad_enabled():
+            self.gsm.enable_hooks()
+        else:
+            self.gsm.disable_hooks()
+        return self.gsm(x)
+
+    def train(self, mode: bool = True) -> _HooksWhileTraining:
+        super().train(mode)
+        if not mode:
+            self.gsm.disable_hooks()
+        return self
 
 
 def _dp_compatible(model: nn.Module, optimizer: Optimizer) -> tuple[nn.Module, Optimizer]:
@@ -157,12 +160,14 @@ class DPSGD(Defense):
             "neighbouring_relation": "sample-level (one utterance) add/remove",
             "epsilon_against": "the server"}
 
-    def make_private(self, model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
-                     epochs: int, generator: torch.Generator
-                     ) -> tuple[nn.Module, Optimizer, DataLoader]:
-        """Opacus' wrappers (per-example gradients, clipping and noise, Poisson sampling), the
-        noise drawn from ``generator``. In FL, one full batch per round (see the module
-        docstring); otherwise the loader's batches, z found for ``epochs`` given ε."""
+    def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
+                     loader: DataLoader, *, epochs: int, generator: torch.Generator
+                     ) -> tuple[nn.Module, Optimizer, nn.Module, DataLoader]:
+        """Opacus' ``make_private`` in ghost-clipping mode (per-example clipping without
+        per-example gradients, Gaussian noise, Poisson sampling), the noise drawn from
+        ``generator``; the returned criterion's ``backward()`` runs Opacus' two passes. In FL,
+        one full batch per round (see the module docstring); otherwise the loader's batches, z
+        found for ``epochs`` given ε."""
         if ModuleValidator.validate(model, strict=False):
             model, optimizer = _dp_compatible(model, optimizer)
         _out_of_place(model)
@@ -184,19 +189,16 @@ class DPSGD(Defense):
             z = get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
                                      sample_rate=1 / len(loader), epochs=epochs,
                                      accountant="rdp")
-        # Opacus' hooks on the first layer fire in the trainer's backward passes although the
-        # input needs no gradient; PyTorch's warning about that says nothing to the user.
-        warnings.filterwarnings("ignore", "Full backward hook is firing when gradients are "
-                                "computed with respect to module outputs", UserWarning)
         with warnings.catch_warnings():  # noise comes from serbench's seeded generator
             warnings.filterwarnings("ignore", "Secure RNG turned off", UserWarning)
             engine = PrivacyEngine(accountant="rdp")
-            gsm, optimizer, _, loader = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
-                max_grad_norm=self.max_grad_norm, noise_generator=generator,
+            gsm, optimizer, criterion, loader = engine.make_private(
+                module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
+                noise_multiplier=z, max_grad_norm=self.max_grad_norm, noise_generator=generator,
                 grad_sample_mode="ghost")
         self._trained = (z, engine.accountant)
-        return GhostClipped(gsm), optimizer, loader
+        return (_HooksWhileTraining(gsm), optimizer,
+                _DPLoss(gsm, optimizer, criterion.criterion, criterion.loss_reduction), loader)
 
     def training_privacy(self) -> dict[str, float]:
         """(ε, δ) of the steps the last wrapped training took, by its accountant."""

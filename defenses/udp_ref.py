@@ -95,15 +95,15 @@ class ReferenceUDP(Defense):
         formula has q·T in their place."""
         self._recipe = (rounds, sample_rate)
 
-    def make_private(self, model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
-                     epochs: int, generator: torch.Generator
-                     ) -> tuple[nn.Module, Optimizer, DataLoader]:
+    def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
+                     loader: DataLoader, *, epochs: int, generator: torch.Generator
+                     ) -> tuple[nn.Module, Optimizer, nn.Module, DataLoader]:
         """Record m (the utterances this training sees over its epochs) and make every
         ``optimizer.step()`` clip the gradient first, as the reference's local trainer does."""
         self._m = len(loader.dataset) * epochs
         clip = self.clip
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: clip_gradients(opt, clip))
-        return model, optimizer, loader
+        return model, optimizer, criterion, loader
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -131,12 +131,15 @@ class Defense(Plugin):
         """INPUT surface: transform the model input at test time (e.g. randomisation)."""
         return x
 
-    def make_private(self, model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
-                     epochs: int, generator: torch.Generator
-                     ) -> tuple[nn.Module, Optimizer, DataLoader]:
-        """Training (``trains``): wrap a trainer's model, optimizer and data loader before it
-        trains, as Opacus' ``PrivacyEngine.make_private`` does. Called once per training."""
-        return model, optimizer, loader
+    def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
+                     loader: DataLoader, *, epochs: int, generator: torch.Generator
+                     ) -> tuple[nn.Module, Optimizer, nn.Module, DataLoader]:
+        """Training (``trains``): wrap a trainer's model, optimizer, loss function and data
+        loader before it trains, in the shape of Opacus' ``PrivacyEngine.make_private``; the
+        trainer then computes ``criterion(model(x), y).backward()``. ``criterion`` has a
+        ``reduction`` attribute (a per-example loss with ``"none"``). Called once per
+        training."""
+        return model, optimizer, criterion, loader
 
     def training_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int,
                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from serbench.cli import app
 from serbench.errors import SerbenchError
 from serbench.fl.engine import FLConfig, init_params, local_update
 from serbench.models.mlp import SERMLP
-from serbench.models.train import fit_classifier
+from serbench.models.train import BalancedCrossEntropy, fit_classifier
 from serbench.registry import load_plugin
 
 DPSGD = load_plugin("defense", "dpsgd")
@@ -106,10 +106,11 @@ def test_fedsgd_update_is_the_mean_of_clipped_per_example_gradients() -> None:
 
 
 def test_fast_clipping_equals_opacus_per_example_gradients() -> None:
-    """dpsgd's ghost clipping inside the trainer's backward gives the parameters Opacus' standard
-    DP-SGD (materialised per-example gradients) gives: same noise, class-weighted mean loss,
-    two epochs of Poisson batches."""
+    """dpsgd's ghost clipping (Opacus' own, through the loss make_private returns) gives the
+    parameters Opacus' standard DP-SGD (materialised per-example gradients) gives: same noise,
+    class-weighted per-example loss, two epochs of Poisson batches."""
     x, y = separable(40)
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.0])
 
     def train(reference: bool) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
@@ -122,13 +123,16 @@ def test_fast_clipping_equals_opacus_per_example_gradients() -> None:
             model, opt, loader = PrivacyEngine(accountant="rdp").make_private(
                 module=net, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
                 max_grad_norm=0.5, noise_generator=noise)
+            criterion = BalancedCrossEntropy(weight)
         else:
-            model, opt, loader = DPSGD(epsilon=None, noise_multiplier=1.0, max_grad_norm=0.5
-                                       ).make_private(net, opt, loader, epochs=2, generator=noise)
+            model, opt, criterion, loader = DPSGD(
+                epsilon=None, noise_multiplier=1.0, max_grad_norm=0.5
+            ).make_private(net, opt, BalancedCrossEntropy(weight), loader, epochs=2,
+                           generator=noise)
         model.train()
         for _ in range(2):
             for xb, yb in loader:
-                loss = F.cross_entropy(model(xb), yb, weight=torch.tensor([1.0, 2.0, 0.5, 1.0]))
+                loss = criterion(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -139,8 +139,8 @@ def calibrated_ref(m: int, q: float, rounds: int, epochs: int = 1, **params) -> 
     ref.calibrate(rounds=rounds, sample_rate=q)
     net = nn.Linear(4, 2)
     loader = DataLoader(TensorDataset(torch.zeros(m, 4), torch.zeros(m, dtype=torch.long)))
-    ref.make_private(net, torch.optim.Adam(net.parameters()), loader, epochs=epochs,
-                     generator=torch.Generator().manual_seed(0))
+    ref.make_private(net, torch.optim.Adam(net.parameters()), nn.CrossEntropyLoss(), loader,
+                     epochs=epochs, generator=torch.Generator().manual_seed(0))
     return ref
 
 
@@ -173,8 +173,9 @@ def test_udp_ref_clips_the_batch_gradient_before_each_step() -> None:
         net = nn.Linear(8, 2)
         start = [p.detach().clone() for p in net.parameters()]
         loader = DataLoader(TensorDataset(torch.zeros(4, 8), torch.zeros(4, dtype=torch.long)))
-        _, opt, _ = ref.make_private(net, torch.optim.SGD(net.parameters(), lr=1.0), loader,
-                                     epochs=1, generator=torch.Generator().manual_seed(0))
+        _, opt, _, _ = ref.make_private(net, torch.optim.SGD(net.parameters(), lr=1.0),
+                                        nn.CrossEntropyLoss(), loader, epochs=1,
+                                        generator=torch.Generator().manual_seed(0))
         x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
         (scale * net(x).pow(2).sum()).backward()
         raw = torch.sqrt(sum(p.grad.pow(2).sum() for p in net.parameters()))

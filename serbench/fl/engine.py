@@ -15,6 +15,7 @@ from functools import cache
 import numpy as np
 import torch
 from torch.func import functional_call
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -93,7 +94,7 @@ def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: F
 def _defended_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
                      rnd: int, gen: torch.Generator, defense: Defense) -> Params:
     """The local training of :func:`local_update` on a real module, through the defense's
-    ``make_private`` (model, optimizer, loader) and ``training_batch`` (every batch, at step
+    ``make_private`` (model, optimizer, loss, loader) and ``training_batch`` (every batch, at step
     ``rnd``). FedSGD: one batch of all local data; the shared gradient is the one the wrapped
     optimizer applies (for DP-SGD, the noisy mean of clipped per-example gradients), so its
     optimizer is SGD with lr 0, which leaves the model as it is. FedAvg: Adam, as above."""
@@ -108,12 +109,13 @@ def _defended_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cf
     else:
         raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=gen)
-    model, opt, loader = defense.make_private(net, opt, loader, epochs=epochs, generator=gen)
+    model, opt, criterion, loader = defense.make_private(net, opt, nn.CrossEntropyLoss(), loader,
+                                                         epochs=epochs, generator=gen)
     model.train()
     for _ in range(epochs):
         for xb, yb in loader:
             xb, yb = defense.training_batch(model, xb, yb, step=rnd, generator=gen)
-            loss = F.cross_entropy(model(xb), yb)
+            loss = criterion(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

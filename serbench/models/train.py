@@ -33,6 +33,19 @@ def predict_proba(model: nn.Module, inputs: Inputs, batch_size: int = 256) -> to
     return torch.cat(chunks)
 
 
+class BalancedCrossEntropy(nn.Module):
+    """Class-weighted cross-entropy whose mean is over examples (each example's loss its own, as
+    DP-SGD's per-example clipping needs); ``reduction="none"`` gives the per-example losses."""
+
+    def __init__(self, class_weight: torch.Tensor, reduction: str = "mean") -> None:
+        super().__init__()
+        self.class_weight, self.reduction = class_weight, reduction
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.class_weight[y] * F.cross_entropy(logits, y, reduction="none")
+        return loss.mean() if self.reduction == "mean" else loss
+
+
 def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
                    val: tuple[Inputs, torch.Tensor] | None = None, epochs: int = 30,
                    lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
@@ -41,8 +54,8 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
     """Adam with class-balanced cross-entropy; keeps the weights of the best validation UAR.
 
     A ``defense`` that ``trains`` (DP-SGD, adversarial training) wraps the training: its
-    ``make_private`` sees the model, optimizer and a data loader, its ``training_batch`` every
-    batch.
+    ``make_private`` sees the model, optimizer, loss and a data loader, its ``training_batch``
+    every batch.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -55,8 +68,8 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
             raise ValueError("a defense that trains wraps single-input models only")
         loader = DataLoader(TensorDataset(*inputs, labels), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        model, opt, loader = defense.make_private(model, opt, loader, epochs=epochs,
-                                                  generator=gen)
+        model, opt, criterion, loader = defense.make_private(
+            model, opt, BalancedCrossEntropy(class_weight), loader, epochs=epochs, generator=gen)
 
     def batches(epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         if not trains:
@@ -74,8 +87,8 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
     for epoch in range(epochs):
         model.train()
         for xs, y in batches(epoch):
-            if trains:  # each example's loss its own: DP-SGD clips per-example gradients
-                loss = (class_weight[y] * F.cross_entropy(model(*xs), y, reduction="none")).mean()
+            if trains:
+                loss = criterion(model(*xs), y)
             else:
                 loss = F.cross_entropy(model(*xs), y, weight=class_weight)
             opt.zero_grad(set_to_none=True)
