@@ -16,6 +16,7 @@ beside its run directory.
     python leaderboards/baselines.py --families --defense udp --dry-run
     python leaderboards/baselines.py --dataset ravdess --data-root ../shared/data/ravdess
     python leaderboards/baselines.py --seed 0 --seed 1             # statistics over seeds too
+    python leaderboards/baselines.py --families --sweeps-only      # the sweeps, not the defaults
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def defaults(defense: str) -> dict[str, object]:
     return load_plugin("defense", defense)().params()
 
 
-def configs(surfaces: list[str], defenses: list[str], families: bool) -> list[Config]:
-    """Every defense at its defaults on every track; with ``families``, each sweep's other
-    strengths on the tracks its defense acts on."""
-    out = [Config(d, d, s) for s in surfaces for d in defenses]
+def configs(surfaces: list[str], defenses: list[str], families: bool,
+            defaults_too: bool = True) -> list[Config]:
+    """Every defense at its defaults on every track (unless not ``defaults_too``); with
+    ``families``, each sweep's other strengths on the tracks its defense acts on."""
+    out = [Config(d, d, s) for s in surfaces for d in defenses] if defaults_too else []
     if families:
         for defense in defenses:
             sweep = SWEEPS.get(defense)
@@ -136,6 +138,9 @@ def main() -> None:
     parser.add_argument("--families", action="store_true",
                         help="also each defense's standard sweep of strengths (SWEEPS), on the "
                              "tracks it acts on")
+    parser.add_argument("--sweeps-only", action="store_true",
+                        help="with --families, only the sweeps' other strengths (e.g. sweeps at "
+                             "one seed beside defaults at two)")
     parser.add_argument("--seed", action="append", type=int, help="seed(s) (default: 0)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs at once, one thread each (default: 2)")
@@ -146,7 +151,10 @@ def main() -> None:
     installed = set(entry_point_names("attack"))
     surfaces = args.track or [s for s, t in TRACKS.items() if set(t.attacks) <= installed]
     root = ["--data-root", args.data_root] if args.data_root else []
-    todo = configs(surfaces, args.defense or built_in_defenses(), args.families)
+    if args.sweeps_only and not args.families:
+        parser.error("--sweeps-only needs --families")
+    todo = configs(surfaces, args.defense or built_in_defenses(), args.families,
+                   defaults_too=not args.sweeps_only)
     plan = []
     for cfg in todo:
         runs = []
