@@ -25,14 +25,14 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from serbench.attacks.update_inversion import InputSpaceModel, backprop_basis, invert_log
-from serbench.context import EvalContext
+from serbench.context import Attack, EvalContext
 from serbench.deploy.federated import SERVER_ELSEWHERE, FLDeployment, FLRecipe, federate
 from serbench.errors import SerbenchError
 from serbench.fl.engine import FLConfig, UpdateLog, predict
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
-from serbench.plugins import Attack, Surface
+from serbench.plugins import Surface
 from serbench.results import FoldResult
 from serbench.scoring import uar
 

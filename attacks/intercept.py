@@ -27,7 +27,7 @@ from torch import nn
 
 from serbench.analyses import write_analysis
 from serbench.attacks.sides import FoldSides
-from serbench.context import EvalContext
+from serbench.context import Attack, EvalContext
 from serbench.corpora.base import GENDERS
 from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, stable_seed, \
     train_target, transmit
@@ -36,7 +36,7 @@ from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, build, \
     check_layer, default_layer, readable_layers
 from serbench.models.train import fit_classifier, predict_proba
-from serbench.plugins import Attack, Surface
+from serbench.plugins import Surface
 from serbench.results import FoldResult, write_csv
 from serbench.scoring import uar
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from serbench.context import CorpusData, EvalContext
+from serbench.context import EvalContext
+from serbench.corpora.data import CorpusData
 from serbench.metrics import emotion_classes
 from serbench.plugins import Defense
 

@@ -21,7 +21,6 @@ Prints pooled gender UAR with the number of target speakers (and updates) behind
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path

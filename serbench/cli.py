@@ -86,10 +86,10 @@ def eval_cmd(
              "it.")] = None,
 ) -> None:
     """Run an attack against a defense on a corpus and report utility vs leakage."""
-    from serbench.config import eval_config, merge, read_config, write_run_config
-    from serbench.report import print_report, print_sweep
-    from serbench.runner import run_eval
+    from serbench.config import merge, read_config, write_run_config
     from serbench.progress import RichReporter
+    from serbench.report import print_report, print_sweep
+    from serbench.runner import eval_config, run_eval
 
     typed = {  # only what was typed: it overrides the --config file
         "attack": attack, "defense": defense, "dataset": dataset,

@@ -13,14 +13,11 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomli_w
 
 from serbench.errors import SerbenchError
-
-if TYPE_CHECKING:
-    from serbench.runner import EvalConfig
 
 #: Top-level keys: the ``eval`` options (``param`` is ``defense_params``, ``attack-param``
 #: ``attack_params``, ``dataset-option`` ``dataset_options``).
@@ -79,27 +76,6 @@ def merge(file: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in given.items():
         out[key] = {**out.get(key, {}), **value} if key in TABLES else value
     return out
-
-
-def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
-    """The :class:`~serbench.runner.EvalConfig` and ``--out`` the options describe (defaults
-    for what they leave out); ``layer`` and ``analysis`` go into the attack's parameters."""
-    from serbench.runner import EvalConfig
-
-    if not options.get("attack"):
-        raise SerbenchError("no attack: give --attack NAME (or attack = \"NAME\" in --config)")
-    attack_params = dict(options.get("attack_params", {}))
-    if options.get("layer") is not None:
-        attack_params["layer"] = options["layer"]
-    if options.get("analysis"):
-        attack_params["analyses"] = ",".join(options["analysis"])
-    fields = {k: options[k] for k in ("defense", "dataset", "data_root", "shadow", "shadow_root",
-                                      "features", "seed", "engine", "dataset_options",
-                                      "defense_params") if options.get(k) is not None}
-    cfg = EvalConfig(attack=options["attack"], folds=parse_folds(options.get("folds", "all")),
-                     attack_params=attack_params, **fields)
-    out = options.get("out")
-    return cfg, Path(out) if out is not None else None
 
 
 def parse_folds(text: str) -> list[int] | None:

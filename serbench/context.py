@@ -1,62 +1,22 @@
-"""What an attack is given: :class:`EvalContext` (it returns a :class:`serbench.results.FoldResult`)."""
+"""The attack contract: what an attack is given (:class:`EvalContext`), what it does
+(:class:`Attack`) and returns (a :class:`serbench.results.FoldResult`). It sits above the
+deployment stage, which knows nothing of attacks."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-import pandas as pd
-import torch
-
-from serbench.features.extractors import feature_spec
-from serbench.features.store import extract, pad_sequences, zscore_per_speaker
-from serbench.plugins import Defense
+from serbench.corpora.data import CorpusData
+from serbench.plugins import Defense, Plugin, Surface
 from serbench.progress import NullReporter, Reporter
+from serbench.scoring import Role
 
-
-@dataclass
-class CorpusData:
-    """A corpus table (rows in feature order) with lazily extracted, cached features."""
-
-    name: str
-    table: pd.DataFrame
-    #: FL clients per speaker, by corpus (a shadow set may mix corpora with different rules).
-    clients_per_speaker: dict[str, int] = field(default_factory=dict)
-    reporter: Reporter = field(default_factory=NullReporter)
-    _features: dict[str, object] = field(default_factory=dict, repr=False)
-    _padded: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False)
-
-    def features(self, name: str) -> np.ndarray | list[np.ndarray]:
-        """Functionals as a per-speaker z-normalised matrix; sequences as a list of arrays."""
-        if name not in self._features:
-            spec = feature_spec(name)
-            paths = self.table["path"].tolist()
-            with self.reporter.track(f"{self.name}: {name} features", len(paths)) as advance:
-                values = extract(paths, spec, progress=advance)
-            if spec.kind == "functionals":
-                values = zscore_per_speaker(np.stack(values), self.table["speaker"].to_numpy())
-            self._features[name] = values
-        return self._features[name]
-
-    def subset(self, mask: np.ndarray, name: str) -> CorpusData:
-        """The rows ``mask`` selects, with the features extracted so far: features are
-        per-speaker normalised and a split never divides a speaker, so the parent's rows are
-        exact."""
-        part = CorpusData(name, self.table[mask].reset_index(drop=True),
-                          self.clients_per_speaker, self.reporter)
-        for key, values in self._features.items():
-            part._features[key] = values[mask] if isinstance(values, np.ndarray) else [
-                v for v, m in zip(values, mask) if m]
-        return part
-
-    def padded(self, features: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequence features at one fixed length with their mask (a CNN's input), computed
-        once per corpus and shared by every fold."""
-        if (features, frames) not in self._padded:
-            self._padded[features, frames] = pad_sequences(self.features(features), frames)
-        return self._padded[features, frames]
+if TYPE_CHECKING:
+    from serbench.deploy import Deployment, Recipe
+    from serbench.results import FoldResult
 
 
 @dataclass
@@ -77,3 +37,48 @@ class EvalContext:
     engine: str = "inprocess"
     #: The run directory, for attacks that write tables and plots beside the results.
     out_dir: Path | None = None
+
+
+@dataclass
+class Attack(Plugin, ABC):
+    """An attack reads a deployed target: :meth:`recipe` says what to deploy, :meth:`fit` does
+    the fold-independent work of a mode (the attacker's shadow training), and
+    :meth:`evaluate_fold` attacks the deployment the runner built for one fold and returns the
+    predictions with their roles (:meth:`role`). It calls no defense hook itself: the
+    deployment stage (:mod:`serbench.deploy`) applies the defense.
+
+    One instance serves both attack modes (SPEC §5): the runner calls :meth:`fit` once per
+    mode, so what it learns is kept per ``ctx.mode``."""
+
+    kind: ClassVar[str] = "attack"
+    surface: ClassVar[Surface]
+    #: Feature set used when the user gives none.
+    default_features: ClassVar[str]
+    #: Feature kinds the attack's models accept ("functionals" or "sequence").
+    feature_kinds: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def recipe(self, ctx: EvalContext) -> Recipe:
+        """What this attack needs deployed: the runner builds it once per fold
+        (:func:`serbench.deploy.deploy`) and passes it to :meth:`evaluate_fold` in every
+        mode."""
+
+    @abstractmethod
+    def fit(self, ctx: EvalContext) -> None:
+        """The fold-independent work of one attack mode (e.g. the attacker's shadow training
+        on ``ctx.shadow`` with ``ctx.shadow_defense``)."""
+
+    @abstractmethod
+    def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: Deployment) -> FoldResult:
+        """Attack ``deployed`` (the target trained without ``fold``'s speakers) and return the
+        predictions on what it attacked."""
+
+    def role(self, task: str, group: str) -> Role:
+        """What the measure ``task@group`` of this attack's predictions says (SPEC §6): the
+        target's clean emotion UAR is utility, gender predictions are leakage. Attacks with
+        other measures (robust UAR) declare them here; scoring never guesses from names."""
+        if task == "gender":
+            return Role.LEAKAGE
+        if task == "emotion" and not group:
+            return Role.UTILITY
+        raise NotImplementedError(f"{self.name}: declare the role of measure {task}@{group}")

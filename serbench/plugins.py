@@ -1,6 +1,7 @@
-"""The two plugin contracts: :class:`Defense` and :class:`Attack`.
+"""The plugin base and the defense contract (:class:`Defense`); the attack contract,
+:class:`serbench.context.Attack`, sits beside what an attack is given.
 
-Both follow scikit-learn's estimator convention: every parameter is a dataclass field set in the
+Both plugins follow scikit-learn's estimator convention: every parameter is a dataclass field set in the
 constructor, validated in :meth:`Plugin.validate`, and recorded in the run's configuration.
 A researcher adds one in a single file (see docs/) and selects it by name (Python entry points
 ``serbench.attacks`` / ``serbench.defenses``) or as ``path/to/file.py:ClassName``.
@@ -9,10 +10,9 @@ A researcher adds one in a single file (see docs/) and selects it by name (Pytho
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Self, get_type_hints
+from typing import Any, ClassVar, Self, get_type_hints
 
 import torch
 from torch import nn
@@ -21,12 +21,6 @@ from torch.utils.data import DataLoader
 
 from serbench.errors import SerbenchError
 from serbench.params import coerce
-from serbench.scoring import Role
-
-if TYPE_CHECKING:
-    from serbench.context import EvalContext
-    from serbench.deploy import Deployment, Recipe
-    from serbench.results import FoldResult
 
 
 class Surface(StrEnum):
@@ -155,49 +149,3 @@ class Defense(Plugin):
         """:meth:`training_privacy` with its accounting context, recorded in the run and the
         leaderboard entry."""
         return {}
-
-
-@dataclasses.dataclass
-class Attack(Plugin, ABC):
-    """An attack reads a deployed target: :meth:`recipe` says what to deploy, :meth:`fit` does
-    the fold-independent work of a mode (the attacker's shadow training), and
-    :meth:`evaluate_fold` attacks the deployment the runner built for one fold and returns the
-    predictions with their roles (:meth:`role`). It calls no defense hook itself: the
-    deployment stage (:mod:`serbench.deploy`) applies the defense.
-
-    One instance serves both attack modes (SPEC §5): the runner calls :meth:`fit` once per
-    mode, so what it learns is kept per ``ctx.mode``."""
-
-    kind: ClassVar[str] = "attack"
-    surface: ClassVar[Surface]
-    #: Feature set used when the user gives none.
-    default_features: ClassVar[str]
-    #: Feature kinds the attack's models accept ("functionals" or "sequence").
-    feature_kinds: ClassVar[tuple[str, ...]]
-
-    @abstractmethod
-    def recipe(self, ctx: EvalContext) -> Recipe:
-        """What this attack needs deployed: the runner builds it once per fold
-        (:func:`serbench.deploy.deploy`) and passes it to :meth:`evaluate_fold` in every
-        mode."""
-
-    @abstractmethod
-    def fit(self, ctx: EvalContext) -> None:
-        """The fold-independent work of one attack mode (e.g. the attacker's shadow training
-        on ``ctx.shadow`` with ``ctx.shadow_defense``)."""
-
-    @abstractmethod
-    def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: Deployment) -> FoldResult:
-        """Attack ``deployed`` (the target trained without ``fold``'s speakers) and return the
-        predictions on what it attacked."""
-
-    def role(self, task: str, group: str) -> Role:
-        """What the measure ``task@group`` of this attack's predictions says (SPEC §6): the
-        target's clean emotion UAR is utility, gender predictions are leakage. Attacks with
-        other measures (robust UAR) declare them here; scoring never guesses from names."""
-        if task == "gender":
-            return Role.LEAKAGE
-        if task == "emotion" and not group:
-            return Role.UTILITY
-        raise NotImplementedError(f"{self.name}: declare the role of measure {task}@{group}")
-

@@ -4,15 +4,14 @@ folds (corpora.md §6). Shadow speakers never overlap the target's."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from serbench.context import CorpusData
-from serbench.corpora import SHARED_OPTIONS, get_corpus
+from serbench.corpora.data import CorpusData
+from serbench.corpora import get_corpus
 from serbench.errors import SerbenchError
 from serbench.metrics import emotion_classes
 from serbench.params import coerce

@@ -9,7 +9,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from serbench.errors import SerbenchError, unknown_name
-from serbench.plugins import Attack, Defense, Plugin
+from serbench.context import Attack
+from serbench.plugins import Defense, Plugin
 
 BASES: dict[str, type[Plugin]] = {"attack": Attack, "defense": Defense}
 

@@ -22,7 +22,7 @@ from serbench.io import atomic_write_text
 from serbench.scoring import LEVEL, LOW_FPRS, RESAMPLES, Role, measure_name
 
 if TYPE_CHECKING:
-    from serbench.runner import ModeResult, RunResult
+    from serbench.results import ModeResult, RunResult
 
 DASH = "–"
 

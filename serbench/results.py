@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -30,7 +31,8 @@ import pandas as pd
 
 from serbench.errors import SerbenchError
 from serbench.io import atomic_write_text
-from serbench.scoring import measure_metrics
+from serbench.scoring import Role, Worst, bound_violations, measure_metrics, measure_name, \
+    worst_case
 
 PACKAGES = ("serbench", "torch", "numpy", "scipy", "pandas", "scikit-learn", "opensmile",
             "soundfile", "opacus", "flwr", "typer", "rich")
@@ -186,3 +188,64 @@ class RunDir:
         # Keep the attack's metric order: the report lists metrics in it, resumed or not.
         write_json(path, {"metrics": result.metrics, "extras": result.extras,
                           "accounting": result.accounting}, sort_keys=False)
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    folds: dict[int, FoldResult]
+    #: ``{metric: {"mean", "std", "folds"}}`` over the folds that define each metric.
+    summary: dict[str, dict[str, float]]
+    #: :func:`serbench.scoring.pooled`'s table: pooled UAR, speaker-level CI, AUC, ...
+    pooled: pd.DataFrame
+    extras: dict[str, float]
+
+    def predictions(self) -> pd.DataFrame:
+        return pd.concat([r.predictions.assign(fold=f) for f, r in self.folds.items()],
+                         ignore_index=True)
+
+
+@dataclass
+class RunResult:
+    path: Path
+    config: dict[str, Any]
+    modes: list[ModeResult]
+    #: The role the attack declared for each measure (``task@group`` -> utility, leakage, ...).
+    roles: dict[str, Role]
+
+    def headline(self) -> dict[str, float]:
+        """SPEC §5: utility, and per leakage (or robust utility) measure the stronger attack
+        mode's pooled UAR."""
+        out: dict[str, float] = {}
+        for mode in self.modes:
+            for row in mode.pooled.itertuples():
+                name = measure_name(row.task, row.group)
+                key, role = f"{name}.uar", self.roles[name]
+                if role is Role.LEAKAGE:
+                    out[key] = max(out.get(key, 0.0), row.uar)
+                elif role is Role.ROBUST:
+                    out[key] = min(out.get(key, 1.0), row.uar)
+                elif role is Role.UTILITY:
+                    out[key] = row.uar  # the target's training does not depend on the mode
+            for name, value in mode.extras.items():
+                out.setdefault(name, value)
+        return out
+
+    def worst(self) -> Worst | None:
+        """The worst case for the defense over modes and measures (leakage, or robust UAR
+        where the attack reports no leakage), its CI widened for the choice."""
+        for role in (Role.LEAKAGE, Role.ROBUST):
+            cells = {(m.mode, name): frame for m in self.modes
+                     for (task, group), frame in m.predictions().groupby(["task", "group"],
+                                                                       sort=False)
+                     if self.roles[name := measure_name(task, group)] is role}
+            if cells:
+                return worst_case(cells, role, self.config["seed"])
+        return None
+
+    @cached_property
+    def violations(self) -> list[dict[str, Any]]:
+        """Per mode, the folds where a measure beats the one meant to bound it beyond a paired
+        CI (:func:`serbench.scoring.bound_violations`; the intercept's ``worst``)."""
+        return [{"mode": m.mode, **v} for m in self.modes
+                for v in bound_violations(m.predictions(), self.config["seed"])]

@@ -6,28 +6,27 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
-from serbench.config import write_run_config
-from serbench.context import EvalContext
+from serbench.config import parse_folds, write_run_config
+from serbench.context import Attack, EvalContext
 from serbench.deploy import deploy
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
 from serbench.fl import get_engine
-from serbench.plugins import Attack, Defense
+from serbench.plugins import Defense
 from serbench.progress import NullReporter, Reporter
 from serbench.protocol import DISJOINT, NO_SHADOW, class_counts, gender_permutation, load_corpus, \
     load_shadow, select_folds, split_disjoint
 from serbench.registry import load_plugin
 from serbench.report import write_markdown
-from serbench.results import FoldResult, RunDir, environment, write_content_hash, write_csv, \
-    write_json
-from serbench.scoring import Role, Worst, bound_violations, measure_name, pooled, spread, \
-    worst_case
+from serbench.results import FoldResult, ModeResult, RunDir, RunResult, environment, \
+    write_content_hash, write_csv, write_json
+from serbench.scoring import measure_name, pooled, spread
 from serbench.threads import fixed_threads
 
 
@@ -50,65 +49,23 @@ class EvalConfig:
     defense_params: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class ModeResult:
-    mode: str
-    folds: dict[int, FoldResult]
-    #: ``{metric: {"mean", "std", "folds"}}`` over the folds that define each metric.
-    summary: dict[str, dict[str, float]]
-    #: :func:`serbench.scoring.pooled`'s table: pooled UAR, speaker-level CI, AUC, ...
-    pooled: pd.DataFrame
-    extras: dict[str, float]
-
-    def predictions(self) -> pd.DataFrame:
-        return pd.concat([r.predictions.assign(fold=f) for f, r in self.folds.items()],
-                         ignore_index=True)
-
-
-@dataclass
-class RunResult:
-    path: Path
-    config: dict[str, Any]
-    modes: list[ModeResult]
-    #: The role the attack declared for each measure (``task@group`` -> utility, leakage, ...).
-    roles: dict[str, Role]
-
-    def headline(self) -> dict[str, float]:
-        """SPEC §5: utility, and per leakage (or robust utility) measure the stronger attack
-        mode's pooled UAR."""
-        out: dict[str, float] = {}
-        for mode in self.modes:
-            for row in mode.pooled.itertuples():
-                name = measure_name(row.task, row.group)
-                key, role = f"{name}.uar", self.roles[name]
-                if role is Role.LEAKAGE:
-                    out[key] = max(out.get(key, 0.0), row.uar)
-                elif role is Role.ROBUST:
-                    out[key] = min(out.get(key, 1.0), row.uar)
-                elif role is Role.UTILITY:
-                    out[key] = row.uar  # the target's training does not depend on the mode
-            for name, value in mode.extras.items():
-                out.setdefault(name, value)
-        return out
-
-    def worst(self) -> Worst | None:
-        """The worst case for the defense over modes and measures (leakage, or robust UAR
-        where the attack reports no leakage), its CI widened for the choice."""
-        for role in (Role.LEAKAGE, Role.ROBUST):
-            cells = {(m.mode, name): frame for m in self.modes
-                     for (task, group), frame in m.predictions().groupby(["task", "group"],
-                                                                       sort=False)
-                     if self.roles[name := measure_name(task, group)] is role}
-            if cells:
-                return worst_case(cells, role, self.config["seed"])
-        return None
-
-    @cached_property
-    def violations(self) -> list[dict[str, Any]]:
-        """Per mode, the folds where a measure beats the one meant to bound it beyond a paired
-        CI (:func:`serbench.scoring.bound_violations`; the intercept's ``worst``)."""
-        return [{"mode": m.mode, **v} for m in self.modes
-                for v in bound_violations(m.predictions(), self.config["seed"])]
+def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
+    """The :class:`EvalConfig` and ``--out`` the options describe (defaults
+    for what they leave out); ``layer`` and ``analysis`` go into the attack's parameters."""
+    if not options.get("attack"):
+        raise SerbenchError("no attack: give --attack NAME (or attack = \"NAME\" in --config)")
+    attack_params = dict(options.get("attack_params", {}))
+    if options.get("layer") is not None:
+        attack_params["layer"] = options["layer"]
+    if options.get("analysis"):
+        attack_params["analyses"] = ",".join(options["analysis"])
+    fields = {k: options[k] for k in ("defense", "dataset", "data_root", "shadow", "shadow_root",
+                                      "features", "seed", "engine", "dataset_options",
+                                      "defense_params") if options.get(k) is not None}
+    cfg = EvalConfig(attack=options["attack"], folds=parse_folds(options.get("folds", "all")),
+                     attack_params=attack_params, **fields)
+    out = options.get("out")
+    return cfg, Path(out) if out is not None else None
 
 
 def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:

@@ -3,9 +3,8 @@ hand it to the attack (for tests that drive an attack without the runner)."""
 
 from __future__ import annotations
 
-from serbench.context import EvalContext
+from serbench.context import Attack, EvalContext
 from serbench.deploy import deploy
-from serbench.plugins import Attack
 from serbench.results import FoldResult
 
 

@@ -10,7 +10,8 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from serbench.attacks.adversarial import EOTPGDAttack, FGSMAttack, InputAttack, PGDAttack
-from serbench.context import CorpusData, EvalContext
+from serbench.context import EvalContext
+from serbench.corpora.data import CorpusData
 from serbench.defenses.adv import AdversarialTraining
 from serbench.defenses.none import NoDefense
 from serbench.errors import SerbenchError

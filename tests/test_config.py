@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from serbench.config import eval_config, merge, read_config, run_config_text
+from serbench.config import merge, read_config, run_config_text
 from serbench.errors import SerbenchError
+from serbench.runner import eval_config
 from test_cli import assert_one_line_error, serbench
 
 #: A small, fast configuration (a few rounds) on a tiny built-in corpus: ten speakers, of

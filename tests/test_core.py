@@ -120,3 +120,49 @@ def test_engine_records_every_update_after_the_defense() -> None:
     zeroed = run_federated(x, y, make_clients(t, {}, 0), cfg, 0, defense=Clip(),
                            record=["first.weight"])
     assert zeroed.log.layers["first.weight"].abs().sum() == 0  # the server sees what is shared
+
+
+def test_no_import_cycles_even_under_type_checking() -> None:
+    """The stages layer (corpus -> features -> deployment -> attack -> scoring -> results):
+    no two serbench modules import each other, counting imports inside functions and under
+    ``TYPE_CHECKING``, which hide a cycle from Python but not from a reader."""
+    import ast
+    from pathlib import Path
+
+    import serbench
+    import serbench.attacks
+    import serbench.defenses
+
+    roots = {"serbench": Path(serbench.__file__).parent,
+             "serbench.attacks": Path(serbench.attacks.__file__).parent,
+             "serbench.defenses": Path(serbench.defenses.__file__).parent}
+    modules: dict[str, Path] = {}
+    for prefix, root in roots.items():
+        for path in root.rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            if prefix == "serbench" and parts[0] in ("attacks", "defenses"):
+                continue
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            modules[".".join((prefix, *parts))] = path
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                       if isinstance(node, ast.ImportFrom) and node.module else [])
+            graph[name].update(t for t in targets if t in modules and t != name)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph[node])
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a]
+                    if a < b and reaches(b, a) and not b.startswith(a + "."))
+    assert not cycles, cycles

@@ -285,7 +285,7 @@ def test_the_run_records_and_reports_the_flag(tmp_path: Path) -> None:
 
     from serbench.report import markdown
     from serbench.results import FoldResult
-    from serbench.runner import ModeResult, RunResult
+    from serbench.results import ModeResult, RunResult
     from serbench.scoring import Role, pooled
 
     right = [0] * 30 + [1] * 30

@@ -15,7 +15,7 @@ from typing import Union
 
 import numpy as np
 
-from serbench.context import CorpusData
+from serbench.corpora.data import CorpusData
 from serbench.deploy.federated import FLDeployment, FLRecipe, federate
 from serbench.deploy.split import SplitDeployment, SplitRecipe, deploy_split
 from serbench.plugins import Defense

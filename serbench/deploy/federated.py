@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from serbench.context import CorpusData
+from serbench.corpora.data import CorpusData
 from serbench.errors import SerbenchError
 from serbench.fl import get_engine
 from serbench.fl.clients import make_clients, most_participations, schedule

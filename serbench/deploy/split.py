@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from serbench.context import CorpusData
+from serbench.corpora.data import CorpusData
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import TIME_POOL, LayeredNet, build
 from serbench.models.train import fit_classifier, predict_proba

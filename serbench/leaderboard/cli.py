@@ -140,7 +140,7 @@ def render_cmd(
     """Write the leaderboard as Markdown, a static HTML page and one Pareto plot per track."""
     from serbench.errors import SerbenchError
     from serbench.leaderboard.entry import load_entries
-    from serbench.leaderboard.views import render
+    from serbench.leaderboard.render import render
 
     entries, rejected = load_entries(directory)
     if not entries:

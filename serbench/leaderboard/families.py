@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from serbench.leaderboard.views import Row
+from serbench.leaderboard.entry import Entry, describe_deviations
 
 #: Per built-in defense, the parameters that set its strength, in order of preference (the
 #: first one an entry sets is its family's axis).
@@ -163,3 +162,45 @@ def baseline_of(row: Row, rows: list[Row]) -> Row | None:
             and protocol_key(r.data) == key]
     same.sort(key=lambda r: (bool(r.entry.problem), r.data["name"] != BASELINE, r.data["name"]))
     return same[0] if same else None
+
+
+@dataclass
+class Row:
+    entry: Entry
+    pareto: bool
+    #: The undefended entry under the same protocol (attacker adequacy), set by :func:`boards`.
+    baseline: Row | None = None
+    #: The row's family and its strength label, set by :func:`boards`.
+    family: Family | None = field(default=None, repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.entry.data
+
+    @property
+    def utility(self) -> dict[str, Any]:
+        return self.data["headline"]["utility"]
+
+    @property
+    def worst(self) -> dict[str, Any]:
+        return self.data["headline"]["worst"]
+
+    @property
+    def strength(self) -> str:
+        return self.family.strength(self) if self.family else ""
+
+    @property
+    def status(self) -> str:
+        """"ok", "trial" (reduced attacks) or "✗ inconsistent" (numbers not its predictions')."""
+        if self.entry.problem:
+            return "✗ inconsistent"
+        return "ok" if self.data["standard"] else "trial"
+
+    @property
+    def note(self) -> str | None:
+        """Why the status is not "ok"."""
+        if self.entry.problem:
+            return self.entry.problem
+        if not self.data["standard"]:
+            return "reduced protocol: " + describe_deviations(self.data["deviations"])
+        return None

@@ -10,8 +10,9 @@ import html
 import json
 from typing import Any
 
-from serbench.leaderboard.views import LEGEND, Board, Row, columns, epsilon, family_heading, \
-    notes, title
+from serbench.leaderboard.families import Row
+from serbench.leaderboard.views import LEGEND, Board, columns, epsilon, family_heading, notes, \
+    title
 
 esc = html.escape
 

@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from serbench.leaderboard.families import BASELINE, Family
-from serbench.leaderboard.views import Board, Row, title
+from serbench.leaderboard.families import BASELINE, Family, Row
+from serbench.leaderboard.views import Board, title
 
 #: Where a label may go around its point: offset (points), alignment; tried in this order, then
 #: again farther out with a leader line.

@@ -7,15 +7,14 @@ rows of one family (a defense at several strengths) stand together, weakest firs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from serbench.leaderboard.entry import Entry, describe_deviations
-from serbench.leaderboard.families import Family, baseline_of, families
+from serbench.leaderboard.entry import Entry
+from serbench.leaderboard.families import Family, Row, baseline_of, families
 from serbench.leaderboard.tracks import TRACKS, Track
 
 LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the target's "
@@ -29,48 +28,6 @@ LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over t
           "(no sampling amplification); nominal: a parameter, not a DP guarantee (udp-ref); "
           "(v1): not accounted in the entry. ★: on the Pareto front (standard, consistent "
           "entries only).")
-
-
-@dataclass
-class Row:
-    entry: Entry
-    pareto: bool
-    #: The undefended entry under the same protocol (attacker adequacy), set by :func:`boards`.
-    baseline: Row | None = None
-    #: The row's family and its strength label, set by :func:`boards`.
-    family: Family | None = field(default=None, repr=False)
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.entry.data
-
-    @property
-    def utility(self) -> dict[str, Any]:
-        return self.data["headline"]["utility"]
-
-    @property
-    def worst(self) -> dict[str, Any]:
-        return self.data["headline"]["worst"]
-
-    @property
-    def strength(self) -> str:
-        return self.family.strength(self) if self.family else ""
-
-    @property
-    def status(self) -> str:
-        """"ok", "trial" (reduced attacks) or "✗ inconsistent" (numbers not its predictions')."""
-        if self.entry.problem:
-            return "✗ inconsistent"
-        return "ok" if self.data["standard"] else "trial"
-
-    @property
-    def note(self) -> str | None:
-        """Why the status is not "ok"."""
-        if self.entry.problem:
-            return self.entry.problem
-        if not self.data["standard"]:
-            return "reduced protocol: " + describe_deviations(self.data["deviations"])
-        return None
 
 
 @dataclass(frozen=True)
@@ -293,22 +250,3 @@ def markdown(tracks: dict[str, Board]) -> str:
         out += ["", f"![{track_id}: emotion UAR vs {board.track.label}]"
                     f"({plot_name(track_id)})", ""]
     return "\n".join(out)
-
-
-def render(entries: list[Entry], out: Path) -> list[Path]:
-    """Write leaderboard.md, leaderboard.html and one PNG per track into ``out``."""
-    from serbench.leaderboard.page import html_page
-    from serbench.leaderboard.plot import plot
-    from serbench.results import atomic_write_text  # imports torch: not for `show`
-
-    tracks = boards(entries)
-    written = []
-    for track_id, board in tracks.items():
-        written.append(out / plot_name(track_id))
-        plot(board, written[-1])
-    plots = {t: (out / plot_name(t)).read_bytes() for t in tracks}
-    for name, text in (("leaderboard.md", markdown(tracks)),
-                       ("leaderboard.html", html_page(tracks, plots))):
-        atomic_write_text(out / name, text)
-        written.append(out / name)
-    return written

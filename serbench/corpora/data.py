@@ -1,0 +1,58 @@
+"""A loaded corpus as the pipeline's stages share it: its table and its features, extracted
+once and cached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from serbench.features.extractors import feature_spec
+from serbench.features.store import extract, pad_sequences, zscore_per_speaker
+from serbench.progress import NullReporter, Reporter
+
+
+@dataclass
+class CorpusData:
+    """A corpus table (rows in feature order) with lazily extracted, cached features."""
+
+    name: str
+    table: pd.DataFrame
+    #: FL clients per speaker, by corpus (a shadow set may mix corpora with different rules).
+    clients_per_speaker: dict[str, int] = field(default_factory=dict)
+    reporter: Reporter = field(default_factory=NullReporter)
+    _features: dict[str, object] = field(default_factory=dict, repr=False)
+    _padded: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False)
+
+    def features(self, name: str) -> np.ndarray | list[np.ndarray]:
+        """Functionals as a per-speaker z-normalised matrix; sequences as a list of arrays."""
+        if name not in self._features:
+            spec = feature_spec(name)
+            paths = self.table["path"].tolist()
+            with self.reporter.track(f"{self.name}: {name} features", len(paths)) as advance:
+                values = extract(paths, spec, progress=advance)
+            if spec.kind == "functionals":
+                values = zscore_per_speaker(np.stack(values), self.table["speaker"].to_numpy())
+            self._features[name] = values
+        return self._features[name]
+
+    def subset(self, mask: np.ndarray, name: str) -> CorpusData:
+        """The rows ``mask`` selects, with the features extracted so far: features are
+        per-speaker normalised and a split never divides a speaker, so the parent's rows are
+        exact."""
+        part = CorpusData(name, self.table[mask].reset_index(drop=True),
+                          self.clients_per_speaker, self.reporter)
+        for key, values in self._features.items():
+            part._features[key] = values[mask] if isinstance(values, np.ndarray) else [
+                v for v, m in zip(values, mask) if m]
+        return part
+
+    def padded(self, features: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence features at one fixed length with their mask (a CNN's input), computed
+        once per corpus and shared by every fold."""
+        if (features, frames) not in self._padded:
+            self._padded[features, frames] = pad_sequences(self.features(features), frames)
+        return self._padded[features, frames]
