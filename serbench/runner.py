@@ -68,6 +68,16 @@ def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
     return cfg, Path(out) if out is not None else None
 
 
+def attack_modes(attack: Attack, defense: Defense) -> list[str]:
+    """SPEC §5's two modes where they can differ: the defense transforms the surface this
+    attack reads, or changes how the deployed models are trained. Otherwise the adaptive
+    attacker's shadow side is the non-adaptive one's and the deployment is undefended, so the
+    run attacks once (as for ``none``): e.g. ``udp`` against the intercept attack."""
+    if attack.surface in defense.surfaces or defense.trains:
+        return ["non-adaptive", "adaptive"]
+    return ["non-adaptive"]
+
+
 def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
     """Resolve and validate both plugins before any heavy work starts."""
     get_engine(cfg.engine)  # an unknown engine fails before any work
@@ -120,8 +130,7 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     run_dir = RunDir(out or default_out(cfg), resolved)
     write_run_config(run_dir.path / "config.toml", resolved)  # `eval --config` re-runs it
     env = environment()
-    # A defense that acts on no surface gives identical modes: run it once.
-    modes = ["non-adaptive", "adaptive"] if defense.surfaces else ["non-adaptive"]
+    modes = attack_modes(attack, defense)
     none = load_plugin("defense", "none")()
     # Defenses are public (Kerckhoffs): the adaptive attacker simulates a clone of the deployed
     # defense (same parameters, its own state), as scikit-learn's clone would give it.
