@@ -13,10 +13,7 @@ emotion task (summed losses). T is trained per fold, so every attacker is too.
 from __future__ import annotations
 
 import copy
-import multiprocessing as mp
-import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -39,6 +36,7 @@ from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Surface
 from serbench.results import FoldResult, write_csv
 from serbench.scoring import uar
+from serbench.workers import process_map
 
 
 class Scenario(NamedTuple):
@@ -182,14 +180,6 @@ class _Enough(Exception):
 def _best(curve: list[Score], start: int) -> int:
     """The first epoch (0-based) of the best score from epoch ``start`` on."""
     return max(range(start, len(curve)), key=lambda e: (curve[e], -e))
-
-
-def _workers(requested: int) -> int:
-    """``requested`` worker processes, or one per usable CPU; 1 where forkserver is missing."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return requested or cpus or 1
 
 
 @dataclass
@@ -469,14 +459,8 @@ class _FoldRun(FoldSides):
         return _Leakage(gender, emotion, picked, scores)
 
     def map(self, fits: list[_Fit]) -> Iterator[_Out]:
-        """Each fit's results, in order, from worker processes. forkserver, not fork:
-        forking after torch has started its thread pools deadlocked (seen in CI)."""
-        workers = min(_workers(self.attack.workers), len(fits))
-        if workers < 2:
-            yield from (fit.run() for fit in fits)
-            return
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
-            yield from pool.map(_Fit.run, fits)
+        """Each fit's results, in order, from worker processes (:mod:`serbench.workers`)."""
+        return process_map(_Fit.run, fits, workers=self.attack.workers)
 
     def emotion(self, result: _Leakage) -> tuple[np.ndarray, np.ndarray]:
         """T's emotion (true, predicted) on the test speakers."""

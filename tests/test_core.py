@@ -182,3 +182,17 @@ def test_two_attack_modes_only_where_the_defense_can_act(attack: str, defense: s
 
     assert len(attack_modes(load_plugin("attack", attack)(),
                             load_plugin("defense", defense)())) == modes
+
+
+def test_process_map_keeps_order_and_raises_the_first_failure() -> None:
+    """One pool policy for every parallel step: results in the items' order whatever the
+    workers, and a failing item is raised, not swallowed."""
+    import math
+
+    from serbench.workers import process_map
+
+    items = [float(i) for i in range(20)]
+    assert list(process_map(math.sqrt, items, workers=2)) == [math.sqrt(i) for i in items]
+    assert list(process_map(math.sqrt, items[:1], workers=2)) == [0.0]
+    with pytest.raises(ValueError):
+        list(process_map(math.sqrt, [4.0, -1.0, 9.0], workers=2))

@@ -164,10 +164,12 @@ def test_second_load_reuses_files(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_interrupted_generation_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def crash(*args: object) -> np.ndarray:
+    def crash_after_one_speaker(fn, jobs, **kwargs):  # workers fail after a partial write
+        fn(jobs[0])
+        yield None
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(synth, "generate_utterance", crash)
+    monkeypatch.setattr(synth, "process_map", crash_after_one_speaker)
     with pytest.raises(RuntimeError):
         Synth(tmp_path / "out", **SMALL).load()
     assert list(tmp_path.iterdir()) == []

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import secrets
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +33,7 @@ from serbench.cache import serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE
 from serbench.corpora.base import COLUMNS, EMOTIONS_4, GENDERS, Corpus
 from serbench.errors import SerbenchError
+from serbench.workers import process_map
 
 #: Bump whenever the audio for given parameters changes: it is part of the cache key.
 GENERATOR_VERSION = 3
@@ -427,25 +426,14 @@ class Synth(Corpus):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _write(self, directory: Path, voices: list[tuple[str, Voice]]) -> None:
-        """Synthesise every utterance into ``directory`` as 16-bit FLAC, speakers in parallel.
-
-        Forked workers, not spawned: spawning re-imports the caller's ``__main__``, which breaks
-        scripts without a main guard. Seeding per utterance makes the result order-independent.
-        """
+        """Synthesise every utterance into ``directory`` as 16-bit FLAC, speakers in worker
+        processes. Seeding per utterance makes the result order-independent."""
         jobs = [(directory, i, voice) for i, (_, voice) in enumerate(voices)]
-        workers = min(len(jobs), _cpu_count())
-        if workers < 2 or "fork" not in mp.get_all_start_methods():
-            for job in jobs:
-                self._write_speaker(*job)
-            return
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(self._write_speaker, *job) for job in jobs]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # fail fast: skip the speakers not started
-                raise
+        for _ in process_map(self._write_speaker_job, jobs):
+            pass
+
+    def _write_speaker_job(self, job: tuple[Path, int, Voice]) -> None:
+        self._write_speaker(*job)
 
     def _write_speaker(self, directory: Path, i: int, voice: Voice) -> None:
         """All utterances of speaker ``i`` (a null twin's are its pair's: ``i // 2``'s)."""
@@ -457,11 +445,6 @@ class Synth(Corpus):
                 path = directory / self._names(i, emotion, k)[1]
                 path.parent.mkdir(exist_ok=True)
                 sf.write(str(path), audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-
-
-def _cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _is_synth_dir(path: Path) -> bool:

@@ -8,9 +8,7 @@ processes (openSMILE is single-threaded) and written atomically.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from serbench.cache import serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
 from serbench.features.extractors import FeatureSpec, compute, logmel_model as _logmel_model
 from serbench.io import atomic_path
+from serbench.workers import process_map
 
 Progress = Callable[[int], None]
 
@@ -57,24 +56,12 @@ def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = No
     if spec.backend == "logmel":
         _logmel_batched(todo, out, progress)
         return [out[p] for p in paths]
-    workers = workers or min(len(todo), os.cpu_count() or 1)
-    if workers > 1 and len(todo) > 8:
-        import multiprocessing
-
-        # forkserver: plain fork deadlocked once torch had started its thread pools (seen in
-        # CI); the server process is forked before any of that.
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            for path, values in pool.map(_extract_one, todo, chunksize=8):
-                out[path] = values
-                if progress:
-                    progress(1)
-    else:
-        for item in todo:
-            path, values = _extract_one(item)
-            out[path] = values
-            if progress:
-                progress(1)
+    # Worker processes pay off only beyond a handful of files.
+    for path, values in process_map(_extract_one, todo, chunksize=8,
+                                    workers=1 if len(todo) <= 8 else workers or 0):
+        out[path] = values
+        if progress:
+            progress(1)
     return [out[p] for p in paths]
 
 
