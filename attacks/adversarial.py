@@ -26,14 +26,14 @@ from torch.nn import functional as F
 from serbench.adversarial import linf_perturb
 from serbench.attacks.sides import FoldSides
 from serbench.context import Attack, EvalContext
-from serbench.deploy.split import SplitDeployment, SplitRecipe, defended_proba, stable_seed, \
-    through_input
+from serbench.deploy.split import SplitDeployment, SplitRecipe, defended_proba, through_input
 from serbench.errors import SerbenchError, unknown_name
 from serbench.metrics import emotion_labels
 from serbench.models.targets import FAMILIES, SIZES
 from serbench.plugins import Defense, Surface
 from serbench.results import FoldResult
 from serbench.scoring import Role
+from serbench.seeds import stable_seed
 
 
 def randomises_input(defense: Defense) -> bool:

@@ -35,6 +35,7 @@ from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Surface
 from serbench.results import FoldResult
 from serbench.scoring import uar
+from serbench.seeds import shadow_run_seeds
 
 
 class UpdateAttackModel(nn.Module):
@@ -243,8 +244,9 @@ class FLInferenceAttack(Attack):
         # The server knows each round's global model, so it can compute every shadow client's
         # update on it (probing), not just the sampled clients' ones.
         probe = range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every else range(0)
+        run_seed, init_seed = shadow_run_seeds(ctx.seed, 0)
         deployed = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                            ctx.shadow_defense, seed=ctx.seed + 7919, init_seed=ctx.seed,
+                            ctx.shadow_defense, seed=run_seed, init_seed=init_seed,
                             engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
                             description=f"shadow {self.algorithm} ({ctx.mode})")
         run = deployed.run
@@ -283,9 +285,10 @@ class FLInferenceAttack(Attack):
             inverted = self._training_set(run.log, INVERTED)[0]
             inv_labels, inv_val, inv_groups = labels, val, groups
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
+                run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
                 more = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                                ctx.shadow_defense, seed=ctx.seed + 7919 + k,
-                                init_seed=ctx.seed + 1000 + k, engine=ctx.engine,
+                                ctx.shadow_defense, seed=run_seed, init_seed=init_seed,
+                                engine=ctx.engine,
                                 reporter=ctx.reporter, probe_rounds=probe,
                                 description=f"shadow {self.algorithm} run {k + 1} ({ctx.mode})")
                 add_inverted(more.run.log, more.observed)

@@ -26,8 +26,7 @@ from serbench.analyses import write_analysis
 from serbench.attacks.sides import FoldSides
 from serbench.context import Attack, EvalContext
 from serbench.corpora.base import GENDERS
-from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, stable_seed, \
-    train_target, transmit
+from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, train_target, transmit
 from serbench.errors import SerbenchError, unknown_name
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, build, \
@@ -36,6 +35,7 @@ from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Surface
 from serbench.results import FoldResult, write_csv
 from serbench.scoring import uar
+from serbench.seeds import stable_seed
 from serbench.workers import process_map
 
 

@@ -37,6 +37,7 @@ from serbench.fl.engine import FLConfig, init_params, run_in_process
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.protocol import load_corpus, split_disjoint
 from serbench.scoring import uar
+from serbench.seeds import client_seed, shadow_run_seeds
 
 ROOTS = {"ravdess": str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"),
          "synth": None}
@@ -77,7 +78,7 @@ def probe_on(run, part, classes, seed):
     engine = BatchedUpdates()
     phis, psis, genders, speakers, rounds = [], [], [], [], []
     for rnd, params in sorted(run["globals"].items()):
-        ups = engine(params, data, run["cfg"], [seed * 7919 + rnd * 101 + k for k in range(len(data))],
+        ups = engine(params, data, run["cfg"], [client_seed(seed, rnd, k) for k in range(len(data))],
                      None, rnd)
         w = torch.stack([u["first.weight"] for u in ups])
         b = torch.stack([u["first.bias"] for u in ups])
@@ -174,7 +175,7 @@ def main() -> None:
     x_ref = x_shadow[torch.randperm(len(x_shadow), generator=torch.Generator().manual_seed(0))[:400]]
     same_init = shadow_name == args.target and not args.no_weight_space
     runs = [federate(shadow, np.arange(len(shadow.table)), classes, args.algorithm,
-                     SEED + 7919 + k, SEED if k == 0 else 1000 + k, args.rounds,
+                     *shadow_run_seeds(SEED, k), args.rounds,
                      args.probe_every, x_ref, raw=same_init and k == 0)
             for k in range(args.shadow_runs)]
     folds = sorted(target.table["fold"].unique()) if args.folds == "all" else [
@@ -207,7 +208,7 @@ def main() -> None:
     # Per target run: shadow clients probed on that run's own global models.
     per_fold = []
     for run in targets:
-        probed = probe_on(run, shadow, classes, SEED + 7919)
+        probed = probe_on(run, shadow, classes, shadow_run_seeds(SEED, 0)[0])
         inputs, g, s = training_set([probed], ["phi", "psi"], sizes)
         per_fold.append(select(lambda c: InputSpaceModel(c, "class"), [1e-3, 1e-2, 1e-1, 1.0],
                                inputs, g, s, adapt=True))

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serbench.corpora.data import CorpusData
 from serbench.corpora import get_corpus
+from serbench.corpora.data import CorpusData
 from serbench.errors import SerbenchError
 from serbench.metrics import emotion_classes
 from serbench.params import coerce
 from serbench.progress import NullReporter, Reporter
+from serbench.seeds import stream
 
 DISJOINT = "disjoint"
 NO_SHADOW = "none"  # the attacker has no data of its own (attacks that need some say so)
@@ -108,7 +109,7 @@ def permute_gender(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     its label counts and is itself close to half in agreement. The original label is kept in
     a ``voice_gender`` column.
     """
-    rng = np.random.default_rng([seed, _PERMUTE_STREAM])
+    rng = stream(seed, _PERMUTE_STREAM)
     speakers = table.drop_duplicates("speaker").set_index("speaker").sort_index()
     n = speakers["gender"].value_counts()
     women, men = int(n.get("F", 0)), int(n.get("M", 0))

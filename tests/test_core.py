@@ -196,3 +196,16 @@ def test_process_map_keeps_order_and_raises_the_first_failure() -> None:
     assert list(process_map(math.sqrt, items[:1], workers=2)) == [0.0]
     with pytest.raises(ValueError):
         list(process_map(math.sqrt, [4.0, -1.0, 9.0], workers=2))
+
+
+def test_seed_derivations_keep_the_committed_entries_arithmetic() -> None:
+    """serbench.seeds is the one place seeds are derived; the FL offsets and the step names
+    keep the values the committed entries were made with (verify re-runs them)."""
+    from serbench.seeds import client_seed, shadow_run_seeds, stable_seed, stream, \
+        target_run_seed
+
+    assert target_run_seed(3, 2) == 5
+    assert shadow_run_seeds(3, 0) == (3 + 7919, 3) and shadow_run_seeds(3, 2) == (3 + 7921, 1005)
+    assert stable_seed(0, 1, "target") == 1359885301  # crc32("0/1/target") & 0x7FFFFFFF
+    assert client_seed(0, 1, 2) == client_seed(0, 1, 2) != client_seed(0, 2, 1)
+    assert stream(1, 2).random() == stream(1, 2).random() != stream(2, 1).random()

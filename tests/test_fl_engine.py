@@ -19,6 +19,7 @@ from serbench.errors import SerbenchError
 from serbench.fl import batched, engine, get_engine
 from serbench.fl.clients import Client
 from serbench.registry import load_plugin
+from serbench.seeds import client_seed
 
 ATOL = 1e-5
 LAYERS = [f"{layer}.{p}" for layer in ("first", "second", "last") for p in ("weight", "bias")]
@@ -76,7 +77,7 @@ def test_first_round_updates_match_closely(algorithm: str) -> None:
     cfg = engine.FLConfig(algorithm, batch_size=4)
     params = engine.init_params(x.shape[1], cfg, 0)
     data = [(torch.from_numpy(x[c.train]), torch.from_numpy(y[c.train])) for c in clients]
-    seeds = [engine.client_seed(1, 0, k) for k in range(len(clients))]
+    seeds = [client_seed(1, 0, k) for k in range(len(clients))]
     reference = engine.serial_updates(params, data, cfg, seeds, None, 0)
     for ref, got in zip(reference, batched.BatchedUpdates()(params, data, cfg, seeds, None, 0)):
         for k in ref:

@@ -33,6 +33,7 @@ from serbench.cache import serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE
 from serbench.corpora.base import COLUMNS, EMOTIONS_4, GENDERS, Corpus
 from serbench.errors import SerbenchError
+from serbench.seeds import stream
 from serbench.workers import process_map
 
 #: Bump whenever the audio for given parameters changes: it is part of the cache key.
@@ -158,16 +159,16 @@ def speaker_voices(speakers: int, *, null: bool = False, seed: int = 0) -> list[
         gender = GENDERS[i % 2]
         if null:
             pair = i // 2
-            voice = draw_voice(np.random.default_rng([seed, pair, 1]), GENDERS[pair % 2])
+            voice = draw_voice(stream(seed, pair, 1), GENDERS[pair % 2])
         else:
-            voice = draw_voice(np.random.default_rng([seed, i, 1]), gender)
+            voice = draw_voice(stream(seed, i, 1), gender)
         out.append((gender, voice))
     return out
 
 
 def utterance_rng(seed: int, speaker: int, emotion: str, index: int) -> np.random.Generator:
     """The generator for one utterance, independent of every other utterance's draws."""
-    return np.random.default_rng([seed, speaker, 2, EMOTIONS_4.index(emotion), index])
+    return stream(seed, speaker, 2, EMOTIONS_4.index(emotion), index)
 
 
 def generate_utterance(voice: Voice, emotion: str, rng: np.random.Generator) -> np.ndarray:

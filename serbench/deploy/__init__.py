@@ -20,6 +20,7 @@ from serbench.deploy.federated import FLDeployment, FLRecipe, federate
 from serbench.deploy.split import SplitDeployment, SplitRecipe, deploy_split
 from serbench.plugins import Defense
 from serbench.progress import Reporter
+from serbench.seeds import target_run_seed
 
 Recipe = Union[FLRecipe, SplitRecipe]
 Deployment = Union[FLDeployment, SplitDeployment]
@@ -31,7 +32,7 @@ def deploy(recipe: Recipe, data: CorpusData, fold: int, defense: Defense, *, see
     ``defense``."""
     train = np.flatnonzero(data.table["fold"].to_numpy() != fold)
     if isinstance(recipe, FLRecipe):
-        return federate(recipe, data, train, defense, seed=seed + fold, init_seed=seed,
+        return federate(recipe, data, train, defense, seed=target_run_seed(seed, fold), init_seed=seed,
                         engine=engine, reporter=reporter,
                         description=f"fold {fold}: target {recipe.cfg.algorithm}")
     return deploy_split(recipe, data, train, defense, seed=seed, fold=fold)

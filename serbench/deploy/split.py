@@ -5,7 +5,6 @@ the deployed system applies them: to the transmitted h_T and to T's input at tes
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +17,7 @@ from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import TIME_POOL, LayeredNet, build
 from serbench.models.train import fit_classifier, predict_proba
 from serbench.plugins import Defense
-
-
-def stable_seed(*parts: object) -> int:
-    """A stable seed for one named step (Python's hash() of a string changes per process)."""
-    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+from serbench.seeds import stable_seed
 
 
 @dataclass(frozen=True)

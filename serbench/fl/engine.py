@@ -23,6 +23,7 @@ from serbench.errors import SerbenchError
 from serbench.fl.clients import Client, schedule
 from serbench.models.mlp import SERMLP
 from serbench.plugins import Defense
+from serbench.seeds import client_seed
 
 Params = dict[str, torch.Tensor]
 
@@ -176,11 +177,6 @@ def predict(params: Params, x: torch.Tensor, cfg: FLConfig) -> np.ndarray:
 #: The updates of clients ``ks`` (indices into the client list) in round ``rnd`` on the
 #: global ``params``, in the order of ``ks``: how an engine runs its clients.
 ClientUpdates = Callable[[Params, int, Sequence[int]], Sequence[Params]]
-
-
-def client_seed(seed: int, rnd: int, k: int) -> int:
-    """Client ``k``'s seed in round ``rnd``: engines that run clients elsewhere agree on it."""
-    return int(np.random.SeedSequence([seed, rnd, int(k)]).generate_state(1)[0])
 
 
 #: How an in-process engine computes one round's updates: the clients' training data and

@@ -32,9 +32,9 @@ import torch
 
 from serbench.errors import SerbenchError
 from serbench.fl.clients import Client
-from serbench.fl.engine import FLConfig, FLRun, Params, client_seed, federate, init_params, \
-    local_update
+from serbench.fl.engine import FLConfig, FLRun, Params, federate, init_params, local_update
 from serbench.plugins import Defense
+from serbench.seeds import client_seed
 
 # A benchmark phones nowhere: no telemetry, no update check (read when flwr is imported).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
