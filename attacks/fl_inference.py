@@ -160,6 +160,7 @@ class FLInferenceAttack(Attack):
     default_features: ClassVar[str] = "emobase"
     feature_kinds: ClassVar[tuple[str, ...]] = ("functionals",)
     algorithm: ClassVar[str]
+    shadow_trains_with_defense: ClassVar[bool] = True  # the shadow FL clients train defended
 
     layer: str = "first"
     rounds: int = 200

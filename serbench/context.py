@@ -56,6 +56,10 @@ class Attack(Plugin, ABC):
     default_features: ClassVar[str]
     #: Feature kinds the attack's models accept ("functionals" or "sequence").
     feature_kinds: ClassVar[tuple[str, ...]]
+    #: Whether the attacker's own training runs the simulated defense's training (the FL
+    #: attacks' shadow clients do). If not, a defense that only trains the deployed models
+    #: leaves the adaptive attacker what the non-adaptive one has (:func:`attack_modes`).
+    shadow_trains_with_defense: ClassVar[bool] = False
 
     @abstractmethod
     def recipe(self, ctx: EvalContext) -> Recipe:

@@ -70,10 +70,12 @@ def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
 
 def attack_modes(attack: Attack, defense: Defense) -> list[str]:
     """SPEC §5's two modes where they can differ: the defense transforms the surface this
-    attack reads, or changes how the deployed models are trained. Otherwise the adaptive
-    attacker's shadow side is the non-adaptive one's and the deployment is undefended, so the
-    run attacks once (as for ``none``): e.g. ``udp`` against the intercept attack."""
-    if attack.surface in defense.surfaces or defense.trains:
+    attack reads, or it trains and the attacker's own training simulates that training
+    (:attr:`Attack.shadow_trains_with_defense`: the FL attacks' shadow clients). Otherwise the
+    adaptive attacker simulates nothing the non-adaptive one lacks, so the run attacks once
+    (as for ``none``): e.g. ``udp`` against intercept, ``adv`` against intercept or ``dpsgd``
+    against the input attacks, whose attackers read the deployed T itself."""
+    if attack.surface in defense.surfaces or (defense.trains and attack.shadow_trains_with_defense):
         return ["non-adaptive", "adaptive"]
     return ["non-adaptive"]
 

@@ -170,13 +170,16 @@ def test_no_import_cycles_even_under_type_checking() -> None:
 
 @pytest.mark.parametrize("attack, defense, modes", [
     ("fedavg", "udp", 2), ("fedavg", "noise", 2), ("fedavg", "adv", 2), ("fedavg", "none", 1),
-    ("intercept", "udp", 1), ("intercept", "udp-ref", 2), ("intercept", "noise", 2),
-    ("intercept", "dpsgd", 2), ("intercept", "adv", 2),
-    ("pgd", "noise", 1), ("pgd", "udp", 1), ("pgd", "adv", 2), ("pgd", "dpsgd", 2)])
+    ("fedsgd", "dpsgd", 2), ("fedavg", "udp-ref", 2),
+    ("intercept", "udp", 1), ("intercept", "udp-ref", 1), ("intercept", "noise", 2),
+    ("intercept", "dpsgd", 2), ("intercept", "adv", 1),
+    ("pgd", "noise", 1), ("pgd", "udp", 1), ("pgd", "adv", 2), ("pgd", "dpsgd", 1),
+    ("autoattack", "adv", 2), ("autoattack", "dpsgd", 1)])
 def test_two_attack_modes_only_where_the_defense_can_act(attack: str, defense: str,
                                                          modes: int) -> None:
     """SPEC §5: adaptive and non-adaptive differ only if the defense transforms the attacked
-    surface or trains the deployed models; otherwise the run attacks once."""
+    surface, or trains and the attacker simulates that training (FL shadow clients);
+    otherwise the run attacks once."""
     from serbench.registry import load_plugin
     from serbench.runner import attack_modes
 
