@@ -514,6 +514,19 @@ def test_dp_entry_without_its_accounting_context_is_rejected(trial: SimpleNamesp
         build_entry([run, load_run(trial.work / "runs" / "udp-eps10-fedavg")], "x", True)
 
 
+def test_submit_needs_the_modes_the_runner_attacks(trial: SimpleNamespace,
+                                                  dp: SimpleNamespace) -> None:
+    """SPEC §5: an entry holds every mode the runner attacks for its attack and defense
+    (runner.attack_modes), no fewer: a defended FL run without its adaptive mode is refused."""
+    from serbench.leaderboard.submit import build_entry, load_run
+
+    runs = [load_run(trial.work / "runs" / f"udp-eps10-{a}") for a in ("fedsgd", "fedavg")]
+    del runs[0].summary["modes"]["adaptive"]
+    with pytest.raises(SerbenchError, match="attack modes non-adaptive; fedsgd against 'udp' "
+                                            "needs non-adaptive, adaptive"):
+        build_entry(runs, "x", True)
+
+
 def test_defended_entries_show_the_undefended_leakage_beside_their_own(
         dp: SimpleNamespace) -> None:
     """Issue 15 (attacker adequacy): each defended entry shows the worst case of `none` under

@@ -16,9 +16,10 @@ from typing import Any
 import pandas as pd
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import EPSILONS, MODES, SCHEMA_VERSION, compute_results, \
+from serbench.leaderboard.entry import EPSILONS, SCHEMA_VERSION, compute_results, \
     describe_deviations, encode_predictions, entry_path, validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
+from serbench.plugins import Defense
 from serbench.scoring import spread
 from serbench.results import CHECKSUMS, checksums, write_json
 
@@ -104,18 +105,21 @@ def _check_suite(runs: list[Run]) -> Track:
     return track
 
 
-def _check_protocol(run: Run, surfaces: frozenset[str]) -> None:
+def _check_protocol(run: Run, defense: Defense) -> None:
     """The parts of the standard protocol one run can break on its own."""
     from serbench.protocol import DISJOINT, load_corpus, split_disjoint
+    from serbench.registry import load_plugin
+    from serbench.runner import attack_modes
 
     cfg = run.config
     if cfg["shadow"] != DISJOINT:
         raise SerbenchError(f"{run.path}: the standard protocol's shadow data is 'disjoint' "
                             f"speakers of the corpus; this run used {cfg['shadow']!r}")
-    expected = list(MODES) if surfaces else [MODES[0]]
+    expected = attack_modes(load_plugin("attack", run.attack).from_params(cfg["attack_params"]),
+                            defense)
     if sorted(run.summary["modes"]) != sorted(expected):
-        raise SerbenchError(f"{run.path}: attack modes {', '.join(run.summary['modes'])}; a "
-                            f"defense {'with' if surfaces else 'without'} surfaces needs "
+        raise SerbenchError(f"{run.path}: attack modes {', '.join(run.summary['modes'])}; "
+                            f"{run.attack} against {defense.name!r} needs "
                             f"{', '.join(expected)} (SPEC §5)")
     corpus = load_corpus(cfg["dataset"], cfg["data_root"], cfg["dataset_options"])
     target, shadow = split_disjoint(corpus, cfg["seed"])
@@ -186,10 +190,10 @@ def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, An
     _check_shared(runs)
     track = _check_suite(runs)
     first = runs[0].config
-    defense = load_plugin("defense", first["defense"])
+    defense = load_plugin("defense", first["defense"]).from_params(first["defense_params"])
     surfaces = frozenset(str(s) for s in defense.surfaces)
     for run in runs:
-        _check_protocol(run, surfaces)
+        _check_protocol(run, defense)
     deviations = {r.attack: d for r in runs if (d := _deviations(r, track))}
     if deviations and not allow_reduced:
         raise SerbenchError(f"reduced protocol ({describe_deviations(deviations)}): the "
