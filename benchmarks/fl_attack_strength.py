@@ -4,6 +4,8 @@ input-space inversion (attacks/update_inversion.py), same-corpus and cross-corpu
     SERBENCH_CACHE=~/.cache/serbench python benchmarks/fl_attack_strength.py \
         --algorithm fedsgd --target ravdess --shadow ravdess --rounds 200
     python benchmarks/fl_attack_strength.py --algorithm fedavg --target ravdess --shadow synth
+    python benchmarks/fl_attack_strength.py --algorithm fedavg --target synth --folds 1 \
+        --before 25,50,100     # the same, on the updates of early rounds only
 
 ``--shadow`` equal to ``--target`` means disjoint speakers of it (the protocol's default), any
 other corpus means all of that corpus's speakers. The target is the disjoint target half with
@@ -98,6 +100,18 @@ def corpus(name):
     return data
 
 
+def before(run, rounds):
+    """The run's updates (and kept global models) of the rounds before ``rounds`` only."""
+    keep = np.flatnonzero(np.asarray(run["rounds"]) < rounds)
+    out = dict(run, globals={r: g for r, g in run["globals"].items() if r < rounds})
+    for k in ("phi", "psi", "phic", "weight", "bias"):
+        if k in run:
+            out[k] = run[k][torch.as_tensor(keep)]
+    for k in ("genders", "speakers", "clients", "rounds"):
+        out[k] = np.asarray(run[k])[keep]
+    return out
+
+
 def average(run, keys, n):
     """Each client's rows averaged over chunks of n (None = all), as fl_inference does."""
     out = {k: [] for k in keys}
@@ -161,6 +175,9 @@ def main() -> None:
     p.add_argument("--scale", default="update,class,none")
     p.add_argument("--width", type=int, default=25)
     p.add_argument("--no-weight-space", action="store_true")
+    p.add_argument("--before", default="",
+                   help="also attack only the updates of rounds before each of these, both "
+                        "sides (e.g. 25,50,100): how leakage depends on the round")
     args = p.parse_args()
     shadow_name = args.shadow or args.target
     global WIDTH
@@ -189,6 +206,15 @@ def main() -> None:
           f"{args.shadow_runs} runs) rounds {args.rounds}; FL runs {time.time() - t0:.0f} s",
           flush=True)
 
+    for rounds in [args.rounds] + [int(r) for r in args.before.split(",") if r]:
+        print(f"## updates of rounds before {rounds}", flush=True)
+        attack([before(r, rounds) for r in runs], [before(t, rounds) for t in targets], args,
+               sizes, same_init, shadow, classes)
+    print(f"# total {time.time() - t0:.0f} s")
+
+
+def attack(runs, targets, args, sizes, same_init, shadow, classes) -> None:
+    """Every candidate trained on the shadow ``runs``, scored on the ``targets``."""
     candidates = {}
     for scale, keys in [(s, ["phi", "psi"]) for s in args.scale.split(",")] + [
             ("centred", ["phic", "psi"])]:
@@ -238,7 +264,6 @@ def main() -> None:
             line.append(f"n={n or 'all'} UAR {uar(truth, preds):.3f} "
                         f"({len(set(spk))} spk, {len(truth)} upd)")
         print("  ".join(line), flush=True)
-    print(f"# total {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
