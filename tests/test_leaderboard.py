@@ -256,6 +256,11 @@ def test_hand_edited_entry_is_marked_and_fails_verify(trial: SimpleNamespace,
     assert_one_line_error(proc, "edited.json", "but its predictions give", "edited by hand")
 
 
+def scored_record(data: dict) -> dict:
+    """The first prediction record holding the attacker's scores (a gender measure's)."""
+    return next(r for r in data["predictions"]["fedsgd"]["adaptive"] if "scores" in r)
+
+
 MALFORMED = {
     "unknown-field": (lambda d: d.update(comment="hi"),
                       "Additional properties are not allowed ('comment' was unexpected)"),
@@ -266,6 +271,11 @@ MALFORMED = {
     "newline": (lambda d: d.update(name="x\n"), "'x\\n'"),
     "labels": (lambda d: d["predictions"]["fedsgd"]["adaptive"][0].update(y_pred="os\nsystem"),
                "$.predictions.fedsgd.adaptive[0].y_pred: 'os\\nsystem' does not match"),
+    # Valid per-prediction arrays skip jsonschema's item walk; an invalid one still meets it.
+    "speaker": (lambda d: scored_record(d)["speakers"].__setitem__(-1, 7),
+                "is not of type 'string'"),
+    "score": (lambda d: scored_record(d)["scores"].__setitem__(0, True),
+              "].scores[0]: True is not of type 'number'"),
 }
 
 
