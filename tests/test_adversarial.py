@@ -50,6 +50,7 @@ def robust_uar(attack: InputAttack, corpus: tuple[CorpusData, CorpusData], defen
     return uar(rows["y_true"].to_numpy(), rows["y_pred"].to_numpy())
 
 
+@pytest.mark.slow
 def test_adversarial_training_raises_robust_uar(corpus) -> None:
     """PGD hurts the adversarially trained T less than the undefended one. The randomisation
     is switched off (no resize, one draw), so the difference is the training's."""
@@ -59,6 +60,7 @@ def test_adversarial_training_raises_robust_uar(corpus) -> None:
     assert trained > undefended + 0.1, (trained, undefended)
 
 
+@pytest.mark.slow
 def test_eot_is_at_least_as_strong_as_pgd_on_the_randomised_defense(corpus) -> None:
     """SPEC §3.3: averaging gradients over the defense's randomness (EOT) breaks at least as
     many predictions as one draw per step, and the non-adaptive attack (the reference repo's

@@ -101,7 +101,8 @@ def test_list_shows_plugins_and_datasets() -> None:
 def test_eval_end_to_end_writes_a_report_and_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = serbench("eval", "--attack", "fedsgd", "--folds", "1", "--attack-param", "rounds=10",
-                    "--attack-param", "epochs=2", "--out", str(out))
+                    "--attack-param", "epochs=2", "--attack-param", "shadow_runs=1",
+                    "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "gender n=1" in proc.stdout and "emotion" in proc.stdout and "95% CI" in proc.stdout
     for name in ("config.json", "environment.json", "metrics.csv", "predictions.csv",

@@ -65,7 +65,8 @@ def test_headline_reports_the_stronger_attack_mode(tmp_path) -> None:
     same noise); the headline leakage is the stronger of the two. σ = 0.01 on FedAvg updates is
     the regime of the reference's evidence."""
     cfg = EvalConfig(attack="fedavg", defense="noise", defense_params={"sigma": "0.01"},
-                     attack_params={"rounds": 60, "averaging": "1"})
+                     folds=[1], attack_params={"rounds": 40, "averaging": "1",
+                                               "shadow_runs": 1, "epochs": 4})
     result = run_eval(cfg, tmp_path / "run")
     leak = {m.mode: float(m.pooled.query("task == 'gender'")["uar"].iloc[0])
             for m in result.modes}

@@ -64,6 +64,7 @@ def assert_same_run(a: engine.FLRun, b: engine.FLRun) -> None:
         assert torch.equal(a.params[name], b.params[name]), name
 
 
+@pytest.mark.slow
 def test_simulation_matches_in_process_engine() -> None:
     """Same seed: the same clients each round and bit-identical updates, round 1 included
     (a probe round, so every client's), with a defense from a file shipped to the clients."""
@@ -165,6 +166,7 @@ def deployment(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
     return cluster
 
 
+@pytest.mark.slow
 def test_two_rounds_through_a_superlink_and_two_supernodes(deployment: Cluster) -> None:
     """Separate processes over the network, each SuperNode with its own partition: the same
     run as in-process, bit for bit."""
@@ -178,6 +180,7 @@ def test_two_rounds_through_a_superlink_and_two_supernodes(deployment: Cluster) 
     assert_same_run(in_process(x, y, clients, cfg, 1, record=["last.weight"]), run)
 
 
+@pytest.mark.slow
 def test_a_supernode_that_dies_mid_round_fails_the_run_in_bounded_time(
         deployment: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """A third SuperNode holds the only copy of one client's rows and is killed (SIGKILL, no
@@ -191,16 +194,21 @@ def test_a_supernode_that_dies_mid_round_fails_the_run_in_bounded_time(
     write_partition(deployment.tmp / "node-2.npz", x[6 * ROWS:])
     deployment.supernode("node-2", deployment.tmp / "node-2.npz")
     cfg = engine.FLConfig("fedavg", rounds=2, client_fraction=1.0)
-    killed = []
+    killed: list[threading.Timer] = []
+    kill_time: list[float] = []
+
+    def kill() -> None:
+        kill_time.append(time.monotonic())
+        deployment.kill("node-2")
 
     def kill_during_next_round(n: int) -> None:
         if not killed:
-            killed.append(threading.Timer(0.5, deployment.kill, ["node-2"]))
+            killed.append(threading.Timer(0.5, kill))
             killed[0].start()
 
-    start = time.monotonic()
     with pytest.raises(SerbenchError) as failure:
         run_federated(x, y, [clients[0], clients[6]], cfg, 2, on_round=kill_during_next_round)
     killed[0].join()
     assert "\n" not in str(failure.value) and "round 2" in str(failure.value)
-    assert time.monotonic() - start < 30 + GRACE
+    # Bounded from the node's death (start-up on a loaded machine is another matter).
+    assert time.monotonic() - kill_time[0] < 30 + GRACE

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def quiet_run(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", "from serbench.cli import main; main()", "eval", *args]
@@ -20,12 +22,14 @@ def assert_no_warning(proc: subprocess.CompletedProcess) -> None:
     assert not noisy, noisy
 
 
+@pytest.mark.slow
 def test_default_run_prints_no_warning(tmp_path: Path) -> None:
     proc = quiet_run("--attack", "fedavg", "--defense", "none", "--out", str(tmp_path / "run"))
     assert_no_warning(proc)
     assert "gender n=all" in proc.stdout  # the whole default report, piped
 
 
+@pytest.mark.slow
 def test_ravdess_fedsgd_prints_no_warning(ravdess_root: Path, tmp_path: Path) -> None:
     assert_no_warning(quiet_run("--attack", "fedsgd", "--dataset", "ravdess", "--data-root",
                                 str(ravdess_root), "--out", str(tmp_path / "run")))

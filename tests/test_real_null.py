@@ -19,7 +19,7 @@ from serbench.runner import EvalConfig, run_eval
 #: Reduced training (CI budget); the protocol (folds, shadow split, scenarios) is standard.
 CASES = {
     "fedsgd": {"rounds": 60, "averaging": "1,all"},
-    "intercept": {"target_epochs": 4, "epochs": 4, "frames": 120},
+    "intercept": {"target_epochs": 2, "epochs": 2, "frames": 120},
 }
 
 
