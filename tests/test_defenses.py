@@ -66,7 +66,7 @@ def test_headline_reports_the_stronger_attack_mode(tmp_path) -> None:
     the regime of the reference's evidence."""
     cfg = EvalConfig(attack="fedavg", defense="noise", defense_params={"sigma": "0.01"},
                      folds=[1], attack_params={"rounds": 40, "averaging": "1",
-                                               "shadow_runs": 1, "epochs": 4})
+                                               "shadow_runs": 1, "model": "linear"})
     result = run_eval(cfg, tmp_path / "run")
     leak = {m.mode: float(m.pooled.query("task == 'gender'")["uar"].iloc[0])
             for m in result.modes}

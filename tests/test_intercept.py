@@ -70,7 +70,7 @@ def test_gender_cues_leak_in_the_worst_case() -> None:
 
 
 def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
-    params = {"epochs": 2, "target_epochs": 2, "workers": 2}
+    params = {"epochs": 1, "target_epochs": 1, "workers": 2}
     cfg = EvalConfig(attack="intercept", dataset_options=SMALL, folds=[1], seed=3,
                      attack_params=params)
     first = run_eval(cfg, tmp_path / "a").modes[0].folds[1].metrics

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 from importlib.metadata import entry_points
@@ -359,12 +360,16 @@ def test_committed_leaderboard_shows_every_family_as_a_curve() -> None:
     from serbench.leaderboard.plot import GID, figure
     from serbench.leaderboard.views import boards
 
+    # A family is one defense at several strengths on a track: decide on the raw files before
+    # loading (and re-scoring) every entry.
+    per_track = Counter((e["corpus"], e["surface"], e["defense"]["name"]) for e in (
+        json.loads(p.read_text()) for p in (REPO / "leaderboards").glob("*/*/*.json")))
+    if max(per_track.values(), default=0) < 2:
+        pytest.skip("the committed board holds no family yet (issue 11): rebuild it with "
+                    "`python leaderboards/baselines.py --families ...` (docs/leaderboard.md)")
     entries, rejected = load_entries(REPO / "leaderboards")
     assert not rejected
     tracks = boards(entries)
-    if not any(len(f.rows) > 1 for board in tracks.values() for f in board.families):
-        pytest.skip("the committed board holds no family yet (issue 11): rebuild it with "
-                    "`python leaderboards/baselines.py --families ...` (docs/leaderboard.md)")
     sweeps = baselines_module().SWEEPS
     for corpus in ("synth", "ravdess"):
         for defense, sweep in sweeps.items():
