@@ -47,6 +47,7 @@ def leakage_over_folds(dataset_options: dict, params: dict) -> dict[str, float]:
             for group, rows in preds.query("task == 'gender'").groupby("group")}
 
 
+@pytest.mark.slow
 def test_null_corpus_leaks_nothing() -> None:
     """SPEC §8: where gender has no acoustic cue, every scenario's leakage is chance.
 
@@ -62,6 +63,7 @@ def test_null_corpus_leaks_nothing() -> None:
         assert abs(score - 0.5) <= 0.05, (group, score)
 
 
+@pytest.mark.slow
 def test_gender_cues_leak_in_the_worst_case() -> None:
     """The control for the null test: the same pipeline on the normal corpus leaks."""
     scores = leakage_over_folds(SMALL, {
