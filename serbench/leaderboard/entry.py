@@ -204,7 +204,7 @@ def decode_predictions(records: list[dict[str, Any]]) -> pd.DataFrame:
         task, _, group = r["measure"].partition("@")
         for key, value in (("seed", r["seed"]), ("fold", r["fold"]), ("task", task),
                            ("group", group)):
-            columns[key].append(np.repeat(np.array([value]), n))
+            columns[key].append(np.full(n, value))
         for key in labels:
             labels[key].append(np.frombuffer(r[key].encode(), np.uint8).astype(np.int64) - 48)
         for key, values in optional.items():
