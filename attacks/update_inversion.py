@@ -54,12 +54,12 @@ def backprop_basis(params: Params, x_ref: torch.Tensor) -> torch.Tensor:
     w2, b2 = params["second.weight"], params["second.bias"]
     w3 = params["last.weight"]
     with torch.no_grad():
-        z1 = x_ref @ w1.T + b1
-        d1 = (z1 > 0).float()  # (R, H)
-        d2 = ((torch.relu(z1) @ w2.T + b2) > 0).float()  # (R, K)
-        # J(x) = W3 diag(d2) W2 diag(d1); mean over R of its transpose, as (H, C).
-        a = torch.einsum("ck,rk,kh->rch", w3, d2, w2)  # (R, C, H)
-        m = (a * d1[:, None, :]).mean(0).T  # (H, C)
+        z1 = torch.addmm(b1, x_ref, w1.T)
+        d1 = (z1 > 0).to(z1.dtype)  # (R, H)
+        d2 = (torch.addmm(b2, z1.clamp_(min=0), w2.T) > 0).to(z1.dtype)  # (R, K)
+        # J(x) = W3 diag(d2) W2 diag(d1), so mean_r J(x_r)[c, h] = sum_k W3[c, k] W2[k, h]
+        # P[k, h] / R with P = d2^T d1 (how often units k and h are active together).
+        m = (w3 @ (w2 * (d2.T @ d1))).T / len(x_ref)  # (H, C)
     return m - m.mean(1, keepdim=True)
 
 

@@ -64,7 +64,8 @@ for name, pool in [("linear", 1), ("linear", 8), ("cnn", 4), ("cnn", 8)]:
         model = LinearUpdateModel().fit(s_in, labels)
         pred = predict_proba(model, t_in).argmax(1).numpy()
     else:
-        model = fit_classifier(UpdateAttackModel(256, pool), inputs(s_log), labels, epochs=25)
-        pred = predict_proba(model, inputs(t_log)).argmax(1).numpy()
+        model = UpdateAttackModel(256, pool)
+        model = fit_classifier(model, model.prepare(*inputs(s_log)), labels, epochs=25)
+        pred = predict_proba(model, model.prepare(*inputs(t_log))).argmax(1).numpy()
     print(f"{name:6s} pool {pool}: target gender UAR "
           f"{balanced_accuracy_score(t_log.genders, pred):.3f}, {time.perf_counter() - start:.1f} s")
