@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from serbench.errors import SerbenchError
 
@@ -26,6 +25,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     mono = data.mean(axis=1)
     if sr != sample_rate:
         g = gcd(int(sr), sample_rate)
+        from scipy.signal import resample_poly  # slow to import; few corpora resample
+
         mono = resample_poly(mono, sample_rate // g, int(sr) // g).astype(np.float32)
     if not np.isfinite(mono).all():
         raise SerbenchError(f"{path}: audio holds NaN or infinite samples")

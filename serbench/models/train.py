@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from serbench.progress import Advance
+from serbench.scoring import uar
 
 if TYPE_CHECKING:
     from serbench.plugins import Defense
@@ -99,7 +99,7 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
         if val is None:
             continue
         pred = predict_proba(model, val[0]).argmax(1).numpy()
-        score = balanced_accuracy_score(val[1].numpy(), pred)
+        score = uar(val[1].numpy(), pred)
         if score > best:
             best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
         else:
