@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent runs may compute an entry twice, never mix it
+    fcntl = None
 
 
 def serbench_cache_dir() -> Path:
@@ -14,3 +21,18 @@ def serbench_cache_dir() -> Path:
     they need beneath it.
     """
     return Path(os.environ.get("SERBENCH_CACHE", "~/.cache/serbench")).expanduser()
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created, with its folder).
+
+    Cache entries are written atomically, so concurrent runs never read half an entry; the lock
+    only stops them computing the same missing entries at once (two baselines running side by
+    side, two test workers): the second waits, then finds them done. It ends with the process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield

@@ -172,7 +172,7 @@ def test_interrupted_generation_leaves_nothing(
     monkeypatch.setattr(synth, "process_map", crash_after_one_speaker)
     with pytest.raises(RuntimeError):
         Synth(tmp_path / "out", **SMALL).load()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # the cache holds only its lock
 
 
 def test_stale_corpus_replaced_foreign_directory_refused(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_stale_corpus_replaced_foreign_directory_refused(tmp_path: Path) -> None
     Synth(tmp_path / "fresh", **SMALL, seed=2).load()
     assert (root / "meta.csv").read_text() == (tmp_path / "fresh" / "meta.csv").read_text()
     assert all(Path(p).is_file() for p in table["path"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "fresh"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "corpus", "fresh"]
     Path(table["path"].iloc[0]).unlink()  # a damaged corpus is regenerated, not trusted
     assert Path(Synth(root, **SMALL, seed=2).load()["path"].iloc[0]).is_file()
 

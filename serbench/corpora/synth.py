@@ -27,9 +27,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from scipy.signal import lfilter, sosfilt
 
-from serbench.cache import serbench_cache_dir
+from serbench.cache import cache_lock, serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE
 from serbench.corpora.base import COLUMNS, EMOTIONS_4, GENDERS, Corpus
 from serbench.errors import SerbenchError
@@ -173,6 +172,8 @@ def utterance_rng(seed: int, speaker: int, emotion: str, index: int) -> np.rando
 
 def generate_utterance(voice: Voice, emotion: str, rng: np.random.Generator) -> np.ndarray:
     """One 1.0–2.0 s utterance of ``voice`` speaking with ``emotion``: float32 at 16 kHz."""
+    from scipy.signal import lfilter, sosfilt  # slow to import; a warm cache needs neither
+
     neutral, style = _STYLES["neutral"], _STYLES[emotion]
     gain = dict(zip(CUES, voice.expressiveness, strict=True))
 
@@ -393,12 +394,24 @@ class Synth(Corpus):
 
     def _materialise(self, table: pd.DataFrame, voices: list[tuple[str, Voice]]) -> None:
         """Generate the corpus unless present: into a sibling temp dir, then one rename, so an
-        interrupted run never leaves a half corpus and concurrent runs cannot mix files."""
+        interrupted run never leaves a half corpus and concurrent runs cannot mix files (a lock
+        in the cache, keyed by the root, makes a second run wait for the first instead of generating it too)."""
         root = self.root
         assert root is not None
         meta = self._meta_text(table)
         if self._complete(meta, table):
             return
+        try:  # a concurrent run generating the same corpus: wait for it instead
+            with cache_lock(serbench_cache_dir() / "locks" / (
+                    "synth-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16])):
+                if not self._complete(meta, table):
+                    self._generate(root, meta, table, voices)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise SerbenchError(f"{root}: cannot write the synth corpus ({reason})") from None
+
+    def _generate(self, root: Path, meta: str, table: pd.DataFrame,
+                  voices: list[tuple[str, Voice]]) -> None:
         stale = root.exists() and (not root.is_dir() or any(root.iterdir()))
         if stale and not _is_synth_dir(root):
             raise SerbenchError(
@@ -420,9 +433,6 @@ class Synth(Corpus):
                 except OSError:
                     if not self._complete(meta, table):  # else a concurrent run just finished it
                         raise
-        except OSError as exc:
-            reason = exc.strerror or exc
-            raise SerbenchError(f"{root}: cannot write the synth corpus ({reason})") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

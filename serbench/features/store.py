@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serbench.cache import serbench_cache_dir
+from serbench.cache import cache_lock, serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
 from serbench.features.extractors import FeatureSpec, compute, logmel_model as _logmel_model
 from serbench.io import atomic_path
@@ -45,6 +45,18 @@ def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = No
     root = (cache_dir or serbench_cache_dir()) / "features" / spec.key
     targets = [root / f"{file_digest(p)}.npy" for p in paths]
     out: dict[str, np.ndarray] = {}
+    todo = _load_cached(paths, targets, out, spec, progress)
+    if todo:
+        with cache_lock(root.parent / f".{spec.key}.lock"):  # another run may be computing them
+            todo = _load_cached([t[1] for t in todo], [Path(t[2]) for t in todo], out, spec,
+                                progress)
+            _compute(todo, out, spec, workers, progress)
+    return [out[p] for p in paths]
+
+
+def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, np.ndarray],
+                 spec: FeatureSpec, progress: Progress | None) -> list[tuple[FeatureSpec, str, str]]:
+    """Load the cached entries into ``out``; the misses as extraction jobs."""
     todo = []
     for path, target in zip(paths, targets):
         if target.exists():
@@ -53,16 +65,20 @@ def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = No
                 progress(1)
         else:
             todo.append((spec, path, str(target)))
+    return todo
+
+
+def _compute(todo: list[tuple[FeatureSpec, str, str]], out: dict[str, np.ndarray],
+             spec: FeatureSpec, workers: int | None, progress: Progress | None) -> None:
     if spec.backend == "logmel":
         _logmel_batched(todo, out, progress)
-        return [out[p] for p in paths]
+        return
     # Worker processes pay off only beyond a handful of files.
     for path, values in process_map(_extract_one, todo, chunksize=8,
                                     workers=1 if len(todo) <= 8 else workers or 0):
         out[path] = values
         if progress:
             progress(1)
-    return [out[p] for p in paths]
 
 
 #: Waveforms of one length transformed together; pending ones are flushed past this many.
