@@ -14,6 +14,7 @@ standardised with its own statistics. ``auto`` picks the best on held-out shadow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar, NamedTuple
@@ -68,10 +69,12 @@ class UpdateAttackModel(nn.Module):
 
     def prepare(self, weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
         """The model's inputs for (normalised) updates: the pooled weight image and the bias."""
-        image = weight.unsqueeze(1)
-        if self.input_pool > 1:
-            image = F.avg_pool2d(image, self.input_pool, ceil_mode=True)
-        return [image.contiguous(), bias]
+        if self.input_pool == 1:
+            return [weight.unsqueeze(1).contiguous(), bias]
+        chunk = 256  # a strided view of the training set is pooled without copying it whole
+        return [torch.cat([F.avg_pool2d(weight[i:i + chunk].unsqueeze(1), self.input_pool,
+                                        ceil_mode=True) for i in range(0, len(weight), chunk)]),
+                bias]
 
     def forward(self, image: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.conv(image), bias], dim=1))
@@ -91,8 +94,12 @@ class LinearUpdateModel(nn.Module):
         self.c = c
 
     @staticmethod
-    def _flat(weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-        return torch.cat([weight.flatten(1), bias], 1).numpy()
+    def _flat(*tensors: torch.Tensor) -> np.ndarray:
+        """The rows the regression reads: the update's tensors flattened and concatenated, or
+        one tensor already laid out so (the attack's training set: no copy)."""
+        if len(tensors) == 1:
+            return tensors[0].flatten(1).numpy()
+        return torch.cat([t.flatten(1) for t in tensors], 1).numpy()
 
     def prepare(self, weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
         """The model's inputs for (normalised) updates: the updates themselves."""
@@ -103,22 +110,22 @@ class LinearUpdateModel(nn.Module):
         self.clf.fit(self._flat(*inputs), labels.numpy())
         return self
 
-    def forward(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Logits (0, d) whose softmax is the model's probabilities: unlike its log-probabilities
         they stay finite (and warning-free) for confidently classified updates."""
-        d = torch.as_tensor(self.clf.decision_function(self._flat(weight, bias)))
+        d = torch.as_tensor(self.clf.decision_function(self._flat(*inputs)))
         return torch.stack([torch.zeros_like(d), d], dim=1)
 
 
-def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
-                    ) -> tuple[list[torch.Tensor], np.ndarray, list[str]]:
-    """Average each client's updates over consecutive chunks of ``n`` rounds (``None`` = all).
+def client_chunks(log: UpdateLog, n: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Each client's consecutive chunks of ``n`` of its updates (``None`` = all): a (count, n)
+    array of log rows per client, with each chunk's gender and client.
 
-    A client with fewer than ``n`` updates contributes one average of all it has; a last
+    A client with fewer than ``n`` updates contributes one chunk of all it has; a last
     incomplete chunk is dropped.
     """
     clients = np.asarray(log.clients)
-    chunks: list[np.ndarray] = []  # (chunks, size) row indices, one array per client
+    chunks: list[np.ndarray] = []
     genders, owners = [], []
     for cid in dict.fromkeys(log.clients):
         rows = np.flatnonzero(clients == cid)
@@ -127,13 +134,29 @@ def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
         chunks.append(rows[:count * size].reshape(count, size))
         genders += [log.genders[rows[0]]] * count
         owners += [cid] * count
-    stacks = []
-    for name in names:
-        layer = log.layers[name]
-        parts = [layer[torch.as_tensor(c.ravel())].view(*c.shape, *layer.shape[1:]).mean(1)
-                 for c in chunks]
-        stacks.append(torch.cat(parts))
-    return stacks, np.asarray(genders), owners
+    return chunks, np.asarray(genders), owners
+
+
+def mean_chunks(layer: torch.Tensor, chunks: list[np.ndarray], out: torch.Tensor) -> torch.Tensor:
+    """``out[i]`` = the mean of ``layer``'s rows in the i-th chunk (over all chunk arrays in
+    order), one client at a time: no copy of the whole layer."""
+    start = 0
+    for c in chunks:
+        rows = layer[torch.as_tensor(c.ravel())].view(*c.shape, *layer.shape[1:])
+        torch.mean(rows, 1, out=out[start:start + len(c)])
+        start += len(c)
+    return out
+
+
+def average_updates(log: UpdateLog, names: tuple[str, str], n: int | None
+                    ) -> tuple[list[torch.Tensor], np.ndarray, list[str]]:
+    """Average each client's updates over consecutive chunks of ``n`` rounds (``None`` = all):
+    see :func:`client_chunks`."""
+    chunks, genders, owners = client_chunks(log, n)
+    total = sum(len(c) for c in chunks)
+    stacks = [mean_chunks(log.layers[name], chunks,
+                          torch.empty(total, *log.layers[name].shape[1:])) for name in names]
+    return stacks, genders, owners
 
 
 #: Pseudo-layers of an :class:`UpdateLog` holding the inverted first-layer updates (``phi``,
@@ -153,6 +176,18 @@ def add_inverted(run_log: UpdateLog, bases: dict[int, torch.Tensor]) -> None:
         phi, psi = invert_log(run_log.layers["first.weight"], run_log.layers["first.bias"],
                               run_log.rounds, bases)
         run_log.layers[INVERTED[0]], run_log.layers[INVERTED[1]] = phi, psi
+
+
+class _TrainingSet(NamedTuple):
+    """An attack model's training rows (:meth:`FLInferenceAttack._training_set`)."""
+
+    #: (rows, features): each row the update's tensors flattened and concatenated, as
+    #: :class:`LinearUpdateModel` reads it
+    flat: torch.Tensor
+    inputs: list[torch.Tensor]  #: views of ``flat``, one per recorded tensor, in its shape
+    genders: np.ndarray
+    speakers: np.ndarray
+    groups: np.ndarray  #: index of the row's averaging size (0: single updates)
 
 
 class _Fitted(NamedTuple):
@@ -264,10 +299,15 @@ class FLInferenceAttack(Attack):
                             engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
                             description=f"shadow {self.algorithm} ({ctx.mode})")
         run = deployed.run
+        if self.inverts(ctx):  # from the raw first-layer updates, which the next step drops
+            add_inverted(run.log, deployed.observed)
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
         stats = [(t.mean(0), t.std(0) + 1e-8) for t in (run.log.layers[n] for n in self.recorded)]
-        (weight, bias), genders, speakers, groups = self._training_set(run.log, self.recorded)
+        data = self._training_set(run.log, self.recorded, stats)
+        for name in self.recorded:  # standardised in data now; the raw copy need not stay
+            del run.log.layers[name]
+        genders, speakers, groups = data.genders, data.speakers, data.groups
         labels = torch.as_tensor(genders)
         # Validate on held-out shadow speakers (a third of each gender) so the attacker is
         # tuned, and its model chosen, for speakers it has never seen.
@@ -279,16 +319,14 @@ class FLInferenceAttack(Attack):
         val = torch.as_tensor(np.isin(speakers, list(held)))
         if not val.any():
             raise SerbenchError("shadow data needs at least two speakers of each gender")
-        inputs = _normalise([weight, bias], stats)
-        train = ([t[~val] for t in inputs], labels[~val])
-        held_out = ([t[val] for t in inputs], labels[val])
+        held_out = ([t[val] for t in data.inputs], labels[val])
         candidates: dict[str, nn.Module] = {}
         selection: dict[str, float] = {}
         if self.model in ("auto", "linear"):
-            candidates["linear"] = LinearUpdateModel().fit(*train)
+            candidates["linear"] = LinearUpdateModel().fit([data.flat[~val]], labels[~val])
         if self.model in ("auto", "cnn"):
-            model = UpdateAttackModel(bias.shape[1], self.input_pool)
-            images = model.prepare(*inputs)
+            model = UpdateAttackModel(data.inputs[1].shape[1], self.input_pool)
+            images = model.prepare(*data.inputs)
             with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
                     model, [t[~val] for t in images], labels[~val],
@@ -298,8 +336,7 @@ class FLInferenceAttack(Attack):
         # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from
         # which the CNN is initialised, so the weight-space candidates stay as they were.
         if self.inverts(ctx):
-            add_inverted(run.log, deployed.observed)
-            inverted = self._training_set(run.log, INVERTED)[0]
+            inverted = self._training_set(run.log, INVERTED).inputs
             inv_labels, inv_val, inv_groups = labels, val, groups
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
                 run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
@@ -309,7 +346,8 @@ class FLInferenceAttack(Attack):
                                 reporter=ctx.reporter, probe_rounds=probe,
                                 description=f"shadow {self.algorithm} run {k + 1} ({ctx.mode})")
                 add_inverted(more.run.log, more.observed)
-                phi_psi, g, spk, grp = self._training_set(more.run.log, INVERTED)
+                _, phi_psi, g, spk, grp = self._training_set(more.run.log, INVERTED)
+                del more  # its raw updates: the next run's need the memory
                 inverted = [torch.cat([a, b]) for a, b in zip(inverted, phi_psi)]
                 inv_labels = torch.cat([inv_labels, torch.as_tensor(g)])
                 inv_val = torch.cat([inv_val, torch.as_tensor(np.isin(spk, list(held)))])
@@ -325,7 +363,7 @@ class FLInferenceAttack(Attack):
         chosen = max(selection, key=selection.get)
         model = candidates[chosen]
         if chosen == "linear":  # cheap to refit: use every shadow speaker
-            model = LinearUpdateModel().fit(inputs, labels)
+            model = LinearUpdateModel().fit([data.flat], labels)
         if chosen == "inversion":
             self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
         else:
@@ -333,20 +371,38 @@ class FLInferenceAttack(Attack):
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
 
-    def _training_set(self, log: UpdateLog, names: tuple[str, str]
-                      ) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray, np.ndarray]:
-        """``names``' single updates plus their averages over each averaging size n != 1, with
-        each row's gender, speaker and group (the index of its averaging size; 0 = single)."""
+    def _training_set(self, log: UpdateLog, names: tuple[str, str],
+                      stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                      ) -> _TrainingSet:
+        """``names``' single updates plus their averages over each averaging size n != 1,
+        standardised with ``stats`` where given, with each row's gender, speaker and group (the
+        index of its averaging size; 0 = single). Built in one buffer, client by client: the
+        memory of the set itself plus one client's updates."""
         speaker_of = dict(zip(log.clients, log.speakers))
-        parts = [([log.layers[n] for n in names], log.genders, log.speakers)]
+        parts = [([], log.genders, np.asarray(log.speakers))]  # the single updates
         for n in self.averaging_sizes():
             if n != 1:
-                averaged, genders, owners = average_updates(log, names, n)
-                parts.append((averaged, genders, [speaker_of[o] for o in owners]))
-        inputs = [torch.cat([p[0][i] for p in parts]) for i in range(len(names))]
+                chunks, genders, owners = client_chunks(log, n)
+                parts.append((chunks, genders, np.asarray([speaker_of[o] for o in owners])))
+        total = sum(len(p[1]) for p in parts)
+        shapes = [log.layers[name].shape[1:] for name in names]
+        flat = torch.empty(total, sum(math.prod(shape) for shape in shapes))
+        inputs, offset = [], 0
+        for name, shape, stat in zip(names, shapes, stats or [None] * len(names)):
+            view = flat[:, offset:offset + math.prod(shape)].view(total, *shape)
+            offset += math.prod(shape)
+            layer = log.layers[name]
+            view[:len(layer)] = layer
+            start = len(layer)
+            for chunks, genders, _ in parts[1:]:
+                mean_chunks(layer, chunks, view[start:start + len(genders)])
+                start += len(genders)
+            if stat is not None:
+                view.sub_(stat[0]).div_(stat[1])
+            inputs.append(view)
         groups = np.concatenate([np.full(len(p[1]), i) for i, p in enumerate(parts)])
-        return (inputs, np.concatenate([p[1] for p in parts]),
-                np.concatenate([np.asarray(p[2]) for p in parts]), groups)
+        return _TrainingSet(flat, inputs, np.concatenate([p[1] for p in parts]),
+                            np.concatenate([p[2] for p in parts]), groups)
 
     @staticmethod
     def _fit_inversion(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
