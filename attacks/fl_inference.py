@@ -30,7 +30,7 @@ from serbench.attacks.update_inversion import InputSpaceModel, backprop_basis, i
 from serbench.context import Attack, EvalContext
 from serbench.deploy.federated import SERVER_ELSEWHERE, FLDeployment, FLRecipe, federate
 from serbench.errors import SerbenchError
-from serbench.fl.engine import FLConfig, UpdateLog, predict
+from serbench.fl.engine import FLConfig, UpdateLog, check_memory, predict
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
@@ -386,7 +386,14 @@ class FLInferenceAttack(Attack):
                 parts.append((chunks, genders, np.asarray([speaker_of[o] for o in owners])))
         total = sum(len(p[1]) for p in parts)
         shapes = [log.layers[name].shape[1:] for name in names]
-        flat = torch.empty(total, sum(math.prod(shape) for shape in shapes))
+        width = sum(math.prod(shape) for shape in shapes)
+        if stats is not None:  # the weight-space set: its fits copy the training rows once more
+            check_memory(total * width * 4 * 2,
+                         f"the attack's training set ({total} rows of {width * 4 / 2**20:.2f} MiB, "
+                         f"and a copy of its training rows)",
+                         "record fewer shadow updates (--attack-param shadow_probe_every=16 or "
+                         "rounds=100) or average fewer sizes (--attack-param averaging=1,all)")
+        flat = torch.empty(total, width)
         inputs, offset = [], 0
         for name, shape, stat in zip(names, shapes, stats or [None] * len(names)):
             view = flat[:, offset:offset + math.prod(shape)].view(total, *shape)

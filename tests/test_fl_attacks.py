@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from serbench.errors import SerbenchError
+from serbench.fl import engine
 from serbench.runner import EvalConfig, run_eval
 
 # Reduced from the reference's 200 rounds and serbench's 3 shadow runs to keep the suite fast;
@@ -96,3 +98,19 @@ def test_inversion_needs_the_first_layer() -> None:
     from serbench.errors import SerbenchError
     with pytest.raises(SerbenchError, match="first-layer"):
         FedSGDAttack(model="inversion", layer="second")
+
+
+def test_a_training_set_that_would_not_fit_fails_early_with_one_line(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack's own working set is checked like the update log: the size and the options
+    that reduce it, in one line, before it is allocated (not an OOM kill)."""
+    # 10 rounds, probing rounds 0 and 8: 2 x 20 + 8 x 2 = 56 shadow updates of 1.01 MB (the
+    # log fits in 100 MB); with their 20 per-client averages, 76 rows twice do not.
+    monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + 100 * 2**20)
+    cfg = EvalConfig(attack="fedavg", folds=[1],
+                     attack_params={"rounds": 10, "averaging": "1,all", "model": "linear"})
+    with pytest.raises(SerbenchError) as failure:
+        run_eval(cfg, tmp_path / "run")
+    message = str(failure.value)
+    assert "\n" not in message and "the attack's training set (76 rows" in message
+    assert "shadow_probe_every=16" in message
