@@ -303,6 +303,16 @@ def test_malformed_entries_are_rejected_in_one_line(trial: SimpleNamespace,
                               MALFORMED[name][1])
 
 
+def test_a_missing_board_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    """A mistyped --dir must not read as an empty board (exit 0, "no entries")."""
+    for command in ("show", "render"):
+        assert_one_line_error(lb(command, "--dir", "no-such-board", cwd=tmp_path),
+                              "no-such-board: no such leaderboard directory")
+    (tmp_path / "empty").mkdir()
+    shown = lb("show", "--dir", "empty", cwd=tmp_path)
+    assert shown.returncode == 0 and "no entries under empty" in shown.stdout
+
+
 def test_entries_are_data_never_code(trial: SimpleNamespace, tmp_path: Path) -> None:
     """An entry naming a defense file does not make any command import it; NaN is not JSON."""
     marker = tmp_path / "imported"

@@ -159,6 +159,8 @@ def read_entry(path: Path, directory: Path | None = None) -> Entry:
 
 def load_entries(directory: Path) -> tuple[list[Entry], list[str]]:
     """Every entry under ``directory``, and a one-line reason for each file rejected."""
+    if not directory.is_dir():  # a mistyped --dir must not read as an empty board
+        raise SerbenchError(f"{directory}: no such leaderboard directory")
     entries, rejected = [], []
     for path in sorted(directory.glob("*/*/*.json")):
         try:
