@@ -142,3 +142,18 @@ def test_a_log_that_would_not_fit_in_memory_fails_early_with_one_line(
     run = get_engine("inprocess")(x, y, clients, cfg, 0, record=["first.weight", "first.bias"],
                                   probe_rounds=range(0, 40, 10))
     assert len(run.log) == 172
+
+
+def test_a_diverging_run_stops_with_one_line() -> None:
+    """Noise far above the updates' scale sends FedSGD's global model to inf; the run stops
+    there with one line naming the round, instead of handing inf and NaN updates on to the
+    attack (whose inversion then failed with a linear-algebra traceback)."""
+    x, y, clients = ragged()
+    noise = load_plugin("defense", "noise").from_params({"sigma": "1e30"})
+    cfg = engine.FLConfig("fedsgd", rounds=20, client_fraction=0.5)
+    with pytest.raises(SerbenchError) as failure:
+        get_engine("inprocess")(x, y, clients, cfg, 0, defense=noise,
+                                record=["first.weight"])
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("FL training diverged: the global model "
+                                                      "is not finite after round ")

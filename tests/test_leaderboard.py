@@ -398,7 +398,7 @@ def test_committed_families_are_whole_and_drawn_as_curves() -> None:
                            and f.axis == sweep.param), None)
             assert family is not None, (corpus, surface, defense, "no family")
             values = [family.value(r) for r in family.rows]
-            assert values == sorted(values) and set(sweep.values) <= set(values), \
+            assert values == sorted(values) and set(sweep.values_on(surface)) <= set(values), \
                 (corpus, surface, defense, values)
             lines = {line.get_gid(): line for line in figure(board).axes[0].lines}
             line = lines[GID + family.label]

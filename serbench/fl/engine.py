@@ -315,6 +315,12 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
             row += 1
         params = aggregate(params, [shared[k] for k in chosen],
                            [clients[k].n_train for k in chosen], cfg)
+        if not all(torch.isfinite(v).all() for v in params.values()):
+            # Every later update, and any statistic of them, would be inf or NaN.
+            raise SerbenchError(
+                f"FL training diverged: the global model is not finite after round {rnd + 1} "
+                f"of {cfg.rounds} ({cfg.algorithm}): the defense adds more noise than this "
+                f"recipe can train through")
         if on_round:
             on_round(1)
     return FLRun(params, log)
