@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from serbench.attacks.fl_inference import FedAvgAttack, LinearUpdateModel
 from serbench.errors import SerbenchError
 from serbench.fl import engine
+from serbench.fl.engine import UpdateLog
 from serbench.runner import EvalConfig, run_eval
 
 # Reduced from the reference's 200 rounds and serbench's 3 shadow runs to keep the suite fast;
@@ -114,3 +118,33 @@ def test_a_training_set_that_would_not_fit_fails_early_with_one_line(
     message = str(failure.value)
     assert "\n" not in message and "the attack's training set (76 rows" in message
     assert "shadow_probe_every=16" in message
+
+
+def test_training_set_rows_are_the_standardised_updates_and_their_client_averages() -> None:
+    """The attack's training rows, built client by client in one buffer: single updates, then
+    each client's averages over n of its updates, standardised with the shadow statistics and
+    laid out as the logistic regression reads them (weight flattened, then bias)."""
+    gen = torch.Generator().manual_seed(0)
+    clients = ["a", "b", "a", "b", "a", "a"]
+    log = UpdateLog(np.arange(6), clients, [c.upper() for c in clients],
+                    np.array([0, 1, 0, 1, 0, 0]),
+                    {"w": torch.randn(6, 3, 4, generator=gen),
+                     "b": torch.randn(6, 3, generator=gen)})
+    stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers["w"], log.layers["b"])]
+    data = FedAvgAttack(averaging="1,2,all")._training_set(log, ("w", "b"), stats)
+    raw = [log.layers["w"], log.layers["b"]]
+    expected = [torch.cat([t,  # singles; a's pairs (rows 0,2), (4,5); b's (1,3); a's all, b's all
+                           torch.stack([t[[0, 2]].mean(0), t[[4, 5]].mean(0), t[[1, 3]].mean(0)]),
+                           torch.stack([t[[0, 2, 4, 5]].mean(0), t[[1, 3]].mean(0)])])
+                for t in raw]
+    for view, want, (m, s) in zip(data.inputs, expected, stats):
+        assert torch.allclose(view, (want - m) / s, atol=1e-6)
+    assert torch.equal(data.flat, torch.cat([data.inputs[0].flatten(1), data.inputs[1]], 1))
+    assert list(data.speakers) == [c.upper() for c in clients] + ["A", "A", "B", "A", "B"]
+    assert list(data.genders) == [0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1]
+    assert list(data.groups) == [0] * 6 + [1] * 3 + [2] * 2
+    # The regression reads the flat rows as it reads the update's tensors.
+    labels = torch.as_tensor(data.genders)
+    flat_fit = LinearUpdateModel().fit([data.flat], labels)
+    pair_fit = LinearUpdateModel().fit(data.inputs, labels)
+    assert torch.equal(flat_fit(data.flat), pair_fit(*data.inputs))
