@@ -396,8 +396,9 @@ class FLInferenceAttack(Attack):
         flat = torch.empty(total, width)
         inputs, offset = [], 0
         for name, shape, stat in zip(names, shapes, stats or [None] * len(names)):
-            view = flat[:, offset:offset + math.prod(shape)].view(total, *shape)
-            offset += math.prod(shape)
+            size = math.prod(shape)
+            view = flat[:, offset:offset + size].view(total, *shape)
+            offset += size
             layer = log.layers[name]
             view[:len(layer)] = layer
             start = len(layer)

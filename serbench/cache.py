@@ -24,13 +24,14 @@ def serbench_cache_dir() -> Path:
 
 
 @contextmanager
-def cache_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``path`` (created, with its folder).
+def cache_lock(key: str, cache_dir: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock named ``key`` (a file under the cache's ``locks/``).
 
     Cache entries are written atomically, so concurrent runs never read half an entry; the lock
     only stops them computing the same missing entries at once (two baselines running side by
     side, two test workers): the second waits, then finds them done. It ends with the process.
     """
+    path = (cache_dir or serbench_cache_dir()) / "locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         if fcntl is not None:

@@ -395,15 +395,15 @@ class Synth(Corpus):
     def _materialise(self, table: pd.DataFrame, voices: list[tuple[str, Voice]]) -> None:
         """Generate the corpus unless present: into a sibling temp dir, then one rename, so an
         interrupted run never leaves a half corpus and concurrent runs cannot mix files (a lock
-        in the cache, keyed by the root, makes a second run wait for the first instead of generating it too)."""
+        in the cache, keyed by the root, makes a second run wait for the first, not redo it)."""
         root = self.root
         assert root is not None
         meta = self._meta_text(table)
         if self._complete(meta, table):
             return
         try:  # a concurrent run generating the same corpus: wait for it instead
-            with cache_lock(serbench_cache_dir() / "locks" / (
-                    "synth-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16])):
+            key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+            with cache_lock(f"synth-{key}"):
                 if not self._complete(meta, table):
                     self._generate(root, meta, table, voices)
         except OSError as exc:

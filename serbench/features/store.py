@@ -47,15 +47,18 @@ def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = No
     out: dict[str, np.ndarray] = {}
     todo = _load_cached(paths, targets, out, spec, progress)
     if todo:
-        with cache_lock(root.parent / f".{spec.key}.lock"):  # another run may be computing them
+        with cache_lock(f"features-{spec.key}", cache_dir):  # another run may be computing them
             todo = _load_cached([t[1] for t in todo], [Path(t[2]) for t in todo], out, spec,
                                 progress)
             _compute(todo, out, spec, workers, progress)
     return [out[p] for p in paths]
 
 
+Job = tuple[FeatureSpec, str, str]  #: (spec, audio path, cache file) of one extraction
+
+
 def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, np.ndarray],
-                 spec: FeatureSpec, progress: Progress | None) -> list[tuple[FeatureSpec, str, str]]:
+                 spec: FeatureSpec, progress: Progress | None) -> list[Job]:
     """Load the cached entries into ``out``; the misses as extraction jobs."""
     todo = []
     for path, target in zip(paths, targets):
@@ -68,7 +71,7 @@ def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, n
     return todo
 
 
-def _compute(todo: list[tuple[FeatureSpec, str, str]], out: dict[str, np.ndarray],
+def _compute(todo: list[Job], out: dict[str, np.ndarray],
              spec: FeatureSpec, workers: int | None, progress: Progress | None) -> None:
     if spec.backend == "logmel":
         _logmel_batched(todo, out, progress)
