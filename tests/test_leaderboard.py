@@ -415,6 +415,37 @@ def test_committed_board_holds_every_family() -> None:
                     f"(python leaderboards/baselines.py --families --sweeps-only --track ...)")
 
 
+def test_a_family_swept_at_one_seed_is_compared_with_none_at_that_seed() -> None:
+    """Issue 15 (attacker adequacy) for families swept at seed 0 beside defaults at seeds 0
+    and 1: the sweep's entries are compared with the undefended entry's seed-0 predictions,
+    scored again, not with nothing and not with its two-seed headline."""
+    from serbench.leaderboard.entry import read_entry
+    from serbench.leaderboard.views import boards
+    from serbench.scoring import uar
+
+    track = REPO / "leaderboards" / "ravdess" / "update"
+    entries = [read_entry(track / f"{name}.json") for name in ("none", "noise", "noise-sigma1")]
+    none = entries[0].data
+    assert none["protocol"]["seeds"] == [0, 1]
+    assert entries[2].data["protocol"]["seeds"] == [0]
+    rows = {r.data["name"]: r for f in boards(entries)["ravdess/update"].families for r in f.rows}
+    assert rows["noise"].baseline is rows["none"]  # same protocol: the entry itself
+    base = rows["noise-sigma1"].baseline
+    assert base is not None and base.data["protocol"]["seeds"] == [0]
+    assert base.data["name"] == "none (seed 0)"
+    worst = base.worst
+    records = [r for r in none["predictions"][worst["attack"]][worst["mode"]]
+               if r["measure"] == worst["measure"]]
+    seed0 = [r for r in records if r["seed"] == 0]
+    assert 0 < len(seed0) < len(records)
+    truth, pred = ("".join(r[k] for r in seed0) for k in ("y_true", "y_pred"))
+    assert worst["uar"] == pytest.approx(uar(np.array(list(truth), int), np.array(list(pred), int)))
+    folds = {(f["seed"], f["fold"]): f["uar"]
+             for f in none["results"][worst["attack"]][worst["mode"]][worst["measure"]]["folds"]}
+    for fold in base.data["results"][worst["attack"]][worst["mode"]][worst["measure"]]["folds"]:
+        assert fold["seed"] == 0 and fold["uar"] == folds[0, fold["fold"]]
+
+
 #: The DP trial entries: (name, defense, parameters), each made like the guide's quick trial.
 DP_ENTRIES = (("none-trial", "none", ()), ("udp-eps10", "udp", ("epsilon=10",)),
               ("udp-ref-eps10", "udp-ref", ()))

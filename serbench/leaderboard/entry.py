@@ -269,6 +269,23 @@ def compute_results(data: dict[str, Any]) -> dict[str, Any]:
                                  version=data["schema_version"])}
 
 
+def restricted_to_seeds(data: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """The entry as if it had been run at ``seeds`` only (a subset of its own): its predictions
+    of those seeds, scored again (a family swept at one seed is compared with the undefended
+    entry at that seed, not at two)."""
+    keep = set(seeds)
+    if not keep < set(data["protocol"]["seeds"]):
+        raise SerbenchError(f"{data['name']}: seeds {sorted(keep)} are not a proper subset of "
+                            f"its seeds {data['protocol']['seeds']}")
+    out = dict(data, name=f"{data['name']} (seed{'s' * (len(keep) > 1)} "
+                          f"{', '.join(map(str, sorted(keep)))})",
+               protocol=dict(data["protocol"], seeds=sorted(keep)),
+               predictions={attack: {mode: [r for r in records if r["seed"] in keep]
+                                     for mode, records in modes.items()}
+                            for attack, modes in data["predictions"].items()})
+    return out | compute_results(out)
+
+
 def cells(results: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
     """(attack, mode, measure, stats) over an entry's results, in a fixed order."""
     for attack, modes in results.items():

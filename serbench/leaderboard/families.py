@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from serbench.leaderboard.entry import Entry, describe_deviations
+from serbench.leaderboard.entry import Entry, describe_deviations, restricted_to_seeds
 
 #: Per built-in defense, the parameters that set its strength, in order of preference (the
 #: first one an entry sets is its family's axis).
@@ -152,23 +152,40 @@ def protocol_key(data: dict[str, Any]) -> str:
     return json.dumps([data["protocol"], data["deviations"], params], sort_keys=True)
 
 
-def baseline_of(row: Row, rows: list[Row]) -> Row | None:
-    """The undefended entry on the same track under the same protocol, if there is one
-    (consistent first, then the one named ``none``, then by name)."""
-    if row.data["defense"]["name"] == BASELINE:
-        return None
-    key = protocol_key(row.data)
-    same = [r for r in rows if r.data["defense"]["name"] == BASELINE
-            and protocol_key(r.data) == key]
-    same.sort(key=lambda r: (bool(r.entry.problem), r.data["name"] != BASELINE, r.data["name"]))
-    return same[0] if same else None
+def assign_baselines(rows: list[Row]) -> None:
+    """Set each defended row's :attr:`Row.baseline`: the undefended entry on the same track
+    under the same protocol (consistent first, then the one named ``none``, then by name), or,
+    where there is none, an undefended entry run at more seeds, restricted to the row's seeds
+    (a family swept at one seed beside defaults at two)."""
+    pool = sorted((r for r in rows if r.data["defense"]["name"] == BASELINE),
+                  key=lambda r: (bool(r.entry.problem), r.data["name"] != BASELINE,
+                                 r.data["name"]))
+    restricted: dict[tuple[str, tuple[int, ...]], Row] = {}
+    for row in rows:
+        if row.data["defense"]["name"] == BASELINE:
+            continue
+        key, seeds = protocol_key(row.data), row.data["protocol"]["seeds"]
+        row.baseline = next((r for r in pool if protocol_key(r.data) == key), None)
+        for base in pool if row.baseline is None else ():
+            if not set(seeds) < set(base.data["protocol"]["seeds"]):
+                continue
+            if protocol_key(dict(base.data, protocol=dict(base.data["protocol"],
+                                                          seeds=seeds))) != key:
+                continue
+            cache = (base.data["name"], tuple(seeds))
+            if cache not in restricted:
+                restricted[cache] = Row(Entry(base.entry.path, restricted_to_seeds(
+                    base.data, seeds), base.entry.problem), False)
+            row.baseline = restricted[cache]
+            break
 
 
 @dataclass
 class Row:
     entry: Entry
     pareto: bool
-    #: The undefended entry under the same protocol (attacker adequacy), set by :func:`boards`.
+    #: The undefended entry under the same protocol (attacker adequacy), set by
+    #: :func:`assign_baselines`.
     baseline: Row | None = None
     #: The row's family and its strength label, set by :func:`boards`.
     family: Family | None = field(default=None, repr=False)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from serbench.leaderboard.entry import Entry
-from serbench.leaderboard.families import Family, Row, baseline_of, families
+from serbench.leaderboard.families import Family, Row, assign_baselines, families
 from serbench.leaderboard.tracks import TRACKS, Track
 
 LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the target's "
@@ -23,7 +23,8 @@ LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over t
           "both attack modes (SPEC §5) and every measure; its CI is widened (Bonferroni, level "
           "1 − 0.05/k) for the k measures it was chosen from ('of k' where it was attained; "
           "schema version 1 entries: the plain 95% CI). none: the undefended entry's worst "
-          "case under the same protocol (attacker adequacy). Emotion UAR: the lowest among "
+          "case under the same protocol (attacker adequacy; at the entry's seeds where it was run "
+          "at more). Emotion UAR: the lowest among "
           "the attacks' targets. ε (server): DP against the server, which picks the clients "
           "(no sampling amplification); nominal: a parameter, not a DP guarantee (udp-ref); "
           "(v1): not accounted in the entry. ★: on the Pareto front (standard, consistent "
@@ -149,8 +150,7 @@ def boards(entries: list[Entry]) -> dict[str, Board]:
         eligible = [r for r in rows if r.status == "ok"]
         for row in eligible:
             row.pareto = not any(_dominates(track, other, row) for other in eligible)
-        for row in rows:
-            row.baseline = baseline_of(row, rows)
+        assign_baselines(rows)
         groups = families(rows, track.worse)
         for fam in groups:
             for row in fam.rows:
