@@ -34,7 +34,8 @@ from serbench.fl.engine import FLConfig, UpdateLog, check_memory, predict
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
-from serbench.plugins import Surface
+from serbench.plugins import Defense, Surface
+from serbench.registry import load_plugin
 from serbench.results import FoldResult
 from serbench.scoring import uar
 from serbench.seeds import shadow_run_seeds
@@ -190,6 +191,15 @@ class _TrainingSet(NamedTuple):
     groups: np.ndarray  #: index of the row's averaging size (0: single updates)
 
 
+class _HeldOut(NamedTuple):
+    """A shadow run's held-out speakers, to judge an attacker trained on another run by."""
+
+    raw: list[torch.Tensor]  #: their recorded tensors (singles, then averages), unstandardised
+    labels: torch.Tensor
+    #: their inverted updates' (phi, psi), genders and averaging-size groups, where inverted
+    inverted: tuple[list[torch.Tensor], torch.Tensor, np.ndarray] | None
+
+
 class _Fitted(NamedTuple):
     """What :meth:`FLInferenceAttack.fit` learns in one attack mode."""
 
@@ -222,8 +232,14 @@ class FLInferenceAttack(Attack):
     #: initialisation (the weight-space models need its alignment), the others from other
     #: initialisations and client samplings (the reference trained five shadow models).
     shadow_runs: int = 3
+    #: Noise-augmented candidates (0 = off): the attacker also trains on shadow runs whose
+    #: shared updates carry N(0, augment^2) noise (a ``noise`` defense of that sigma), and uses
+    #: them where they beat the clean-trained attacker on clean held-out shadow speakers. Only
+    #: where the attacker's own shadow is undefended (the non-adaptive mode).
+    augment: float = 0.0
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear", "inversion")
+    added_params: ClassVar[dict[str, float]] = {"augment": 0.0}
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
 
     def validate(self) -> None:
@@ -231,9 +247,10 @@ class FLInferenceAttack(Attack):
             raise SerbenchError(f"attack {self.name!r}: unknown layer {self.layer!r}; "
                                 f"valid layers: {', '.join(SERMLP.layer_names)}")
         if (self.rounds < 1 or not 0 < self.client_fraction <= 1 or self.input_pool < 1
-                or self.shadow_probe_every < 0 or self.shadow_runs < 1):
+                or self.shadow_probe_every < 0 or self.shadow_runs < 1 or self.augment < 0):
             raise SerbenchError(f"attack {self.name!r}: need rounds >= 1, 0 < client_fraction <= 1"
-                                f", input_pool >= 1, shadow_probe_every >= 0 and shadow_runs >= 1")
+                                f", input_pool >= 1, shadow_probe_every >= 0, shadow_runs >= 1 and "
+                                f"augment >= 0")
         if self.model not in self.MODELS:
             raise SerbenchError(f"attack {self.name!r}: unknown model {self.model!r}; "
                                 f"valid: {', '.join(self.MODELS)}")
@@ -289,15 +306,41 @@ class FLInferenceAttack(Attack):
     def fit(self, ctx: EvalContext) -> None:
         if ctx.shadow is None:
             raise SerbenchError(f"attack {self.name!r} needs shadow data: give --shadow")
+        augment = self.augment > 0 and ctx.shadow_defense.name == "none"
+        fitted, held = self._fit_candidates(ctx, ctx.shadow_defense, keep_held_out=augment)
+        if augment:
+            # The same attacker trained on shadow runs whose shared updates carry N(0, sigma^2)
+            # noise: on synth it beat the clean-trained one on clean targets (docs/design.md).
+            # Both are judged on the clean run's held-out shadow speakers.
+            noisy, _ = self._fit_candidates(
+                ctx, load_plugin("defense", "noise")(sigma=self.augment), refit=False,
+                label="noise-augmented ")
+            score = self._held_out_uar(noisy, held)
+            selection = fitted.selection | {f"noise-augmented {k}": v
+                                            for k, v in noisy.selection.items()}
+            selection["noise-augmented, on clean updates"] = score
+            if score > max(fitted.selection.values()):
+                fitted = noisy
+            fitted = fitted._replace(selection=selection)
+            ctx.reporter.log(f"{ctx.mode} noise-augmented attacker (sigma={self.augment:g}): "
+                             f"held-out shadow UAR on clean updates {score:.3f}; "
+                             f"{'chosen' if fitted is noisy else 'not chosen'}")
+        self._fitted[ctx.mode] = fitted
+
+    def _fit_candidates(self, ctx: EvalContext, defense: Defense, *, keep_held_out: bool = False,
+                        refit: bool = True, label: str = "") -> tuple[_Fitted, _HeldOut | None]:
+        """Shadow FL runs with ``defense`` on the shared updates, the candidate models fitted on
+        them, and the one best on held-out shadow speakers (refitted on every speaker where
+        ``refit``); with ``keep_held_out``, the held-out speakers' rows to judge others by."""
         shadow = ctx.shadow
         # The server knows each round's global model, so it can compute every shadow client's
         # update on it (probing), not just the sampled clients' ones.
         probe = range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every else range(0)
         run_seed, init_seed = shadow_run_seeds(ctx.seed, 0)
         deployed = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                            ctx.shadow_defense, seed=run_seed, init_seed=init_seed,
+                            defense, seed=run_seed, init_seed=init_seed,
                             engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
-                            description=f"shadow {self.algorithm} ({ctx.mode})")
+                            description=f"{label}shadow {self.algorithm} ({ctx.mode})")
         run = deployed.run
         if self.inverts(ctx):  # from the raw first-layer updates, which the next step drops
             add_inverted(run.log, deployed.observed)
@@ -320,6 +363,8 @@ class FLInferenceAttack(Attack):
         if not val.any():
             raise SerbenchError("shadow data needs at least two speakers of each gender")
         held_out = ([t[val] for t in data.inputs], labels[val])
+        kept = _HeldOut([t * s + m for t, (m, s) in zip(held_out[0], stats)], held_out[1],
+                        None) if keep_held_out else None
         candidates: dict[str, nn.Module] = {}
         selection: dict[str, float] = {}
         if self.model in ("auto", "linear"):
@@ -327,7 +372,8 @@ class FLInferenceAttack(Attack):
         if self.model in ("auto", "cnn"):
             model = UpdateAttackModel(data.inputs[1].shape[1], self.input_pool)
             images = model.prepare(*data.inputs)
-            with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
+            with ctx.reporter.track(f"{label}attack CNN on {self.layer}-layer updates",
+                                    self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
                     model, [t[~val] for t in images], labels[~val],
                     val=([t[val] for t in images], labels[val]), epochs=self.epochs, lr=1e-3,
@@ -337,14 +383,18 @@ class FLInferenceAttack(Attack):
         # which the CNN is initialised, so the weight-space candidates stay as they were.
         if self.inverts(ctx):
             inverted = self._training_set(run.log, INVERTED).inputs
+            if kept is not None:
+                kept = kept._replace(inverted=([t[val] for t in inverted], labels[val],
+                                               groups[val.numpy()]))
             inv_labels, inv_val, inv_groups = labels, val, groups
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
                 run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
                 more = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                                ctx.shadow_defense, seed=run_seed, init_seed=init_seed,
+                                defense, seed=run_seed, init_seed=init_seed,
                                 engine=ctx.engine,
                                 reporter=ctx.reporter, probe_rounds=probe,
-                                description=f"shadow {self.algorithm} run {k + 1} ({ctx.mode})")
+                                description=f"{label}shadow {self.algorithm} run {k + 1} "
+                                            f"({ctx.mode})")
                 add_inverted(more.run.log, more.observed)
                 _, phi_psi, g, spk, grp = self._training_set(more.run.log, INVERTED)
                 del more  # its raw updates: the next run's need the memory
@@ -353,8 +403,8 @@ class FLInferenceAttack(Attack):
                 inv_val = torch.cat([inv_val, torch.as_tensor(np.isin(spk, list(held)))])
                 inv_groups = np.concatenate([inv_groups, grp])
             candidates["inversion"], selection["inversion"], chosen_grid = self._fit_inversion(
-                inverted, inv_labels, inv_val, inv_groups)
-            ctx.reporter.log(f"{ctx.mode} inversion candidate: C={chosen_grid[0]:g}, "
+                inverted, inv_labels, inv_val, inv_groups, refit=refit)
+            ctx.reporter.log(f"{ctx.mode} {label}inversion candidate: C={chosen_grid[0]:g}, "
                              f"rows scaled per {chosen_grid[1]}")
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
         selection |= {name: uar(held_out[1].numpy(),
@@ -362,14 +412,27 @@ class FLInferenceAttack(Attack):
                       for name, m in candidates.items() if name not in selection}
         chosen = max(selection, key=selection.get)
         model = candidates[chosen]
-        if chosen == "linear":  # cheap to refit: use every shadow speaker
+        if chosen == "linear" and refit:  # cheap to refit: use every shadow speaker
             model = LinearUpdateModel().fit([data.flat], labels)
-        if chosen == "inversion":
-            self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
-        else:
-            self._fitted[ctx.mode] = _Fitted(stats, model, selection, self.recorded)
-        ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
+        fitted = (_Fitted(None, model, selection, INVERTED) if chosen == "inversion" else
+                  _Fitted(stats, model, selection, self.recorded))
+        ctx.reporter.log(f"{ctx.mode} {label}attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
+        return fitted, kept
+
+    @staticmethod
+    def _held_out_uar(fitted: _Fitted, held: _HeldOut) -> float:
+        """UAR of a fitted attacker on another run's held-out shadow speakers (raw updates)."""
+        if fitted.names == INVERTED:
+            inputs, labels, groups = held.inverted
+            pred = np.empty(len(labels), dtype=np.int64)
+            for g in np.unique(groups):  # each averaging size standardised on its own
+                rows = torch.as_tensor(np.flatnonzero(groups == g))
+                part = [t[rows] for t in inputs]
+                pred[rows.numpy()] = fitted.model.adapt(part)(*part).argmax(1).numpy()
+            return uar(labels.numpy(), pred)
+        inputs = fitted.model.prepare(*_normalise(held.raw, fitted.stats))
+        return uar(held.labels.numpy(), predict_proba(fitted.model, inputs).argmax(1).numpy())
 
     def _training_set(self, log: UpdateLog, names: tuple[str, str],
                       stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -414,10 +477,11 @@ class FLInferenceAttack(Attack):
 
     @staticmethod
     def _fit_inversion(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
-                       groups: np.ndarray) -> tuple[InputSpaceModel, float, tuple[float, str]]:
+                       groups: np.ndarray, refit: bool = True
+                       ) -> tuple[InputSpaceModel, float, tuple[float, str]]:
         """The inversion candidate: :data:`INVERSION_GRID` searched on held-out shadow speakers
         (each averaging size standardised with its own statistics, as the target's will be),
-        then refitted on every shadow speaker."""
+        then refitted on every shadow speaker where ``refit``."""
         train = ([t[~val] for t in inputs], labels[~val])
         held = [t[val] for t in inputs]
         held_groups, truth = groups[val.numpy()], labels[val].numpy()
@@ -431,7 +495,8 @@ class FLInferenceAttack(Attack):
                 pred[rows.numpy()] = model.adapt(part)(*part).argmax(1).numpy()
             scores[c, scale] = uar(truth, pred)
         best = max(scores, key=scores.get)
-        return InputSpaceModel(*best).fit(inputs, labels), scores[best], best
+        return (InputSpaceModel(*best).fit(*(train if not refit else (inputs, labels))),
+                scores[best], best)
 
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table

@@ -39,6 +39,10 @@ class Plugin:
     summary: ClassVar[str]
     kind: ClassVar[str] = "plugin"
 
+    #: Parameters added after runs were first recorded, each with the value that reproduces
+    #: how the plugin behaved before it existed (a run that recorded none used that value).
+    added_params: ClassVar[Mapping[str, Any]] = {}
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -65,6 +69,12 @@ class Plugin:
 
     def params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.parameter_names()}
+
+    @classmethod
+    def as_recorded(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters a run recorded, completed with the :attr:`added_params` it predates
+        (so that re-running or comparing an older run does not take a newer default)."""
+        return {**cls.added_params, **params}
 
 
 @dataclasses.dataclass

@@ -148,3 +148,24 @@ def test_training_set_rows_are_the_standardised_updates_and_their_client_average
     flat_fit = LinearUpdateModel().fit([data.flat], labels)
     pair_fit = LinearUpdateModel().fit(data.inputs, labels)
     assert torch.equal(flat_fit(data.flat), pair_fit(*data.inputs))
+
+
+def test_noise_augmented_attacker_is_judged_on_clean_held_out_speakers(tmp_path) -> None:
+    """Issue 15 (noise-augmented candidates): with ``augment`` the undefended side's attacker
+    also trains on shadow runs with noisy updates and reports how that attacker does on the
+    clean run's held-out speakers; the adaptive attacker, whose shadow is already defended,
+    does not."""
+    cfg = EvalConfig(attack="fedsgd", folds=[1], defense="noise", defense_params={"sigma": 1e-4},
+                     attack_params={"rounds": 12, "averaging": "1,all", "epochs": 2,
+                                    "shadow_runs": 1, "augment": 0.01})
+    result = run_eval(cfg, tmp_path / "run")
+    extras = {m.mode: m.folds[1].extras for m in result.modes}
+    clean = extras["non-adaptive"]
+    judged = clean["shadow held-out UAR (noise-augmented, on clean updates)"]
+    assert 0 <= judged <= 1
+    assert {"noise-augmented linear", "noise-augmented cnn", "noise-augmented inversion",
+            "linear", "cnn", "inversion"} <= {k.split("(")[1].rstrip(")") for k in clean
+                                              if k.startswith("shadow held-out")}
+    assert not any("noise-augmented" in k for k in extras["adaptive"])
+    with pytest.raises(SerbenchError, match="augment >= 0"):
+        FedAvgAttack(augment=-1)

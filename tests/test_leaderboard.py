@@ -446,6 +446,25 @@ def test_a_family_swept_at_one_seed_is_compared_with_none_at_that_seed() -> None
         assert fold["seed"] == 0 and fold["uar"] == folds[0, fold["fold"]]
 
 
+def test_an_attack_parameter_added_later_keeps_older_entries_comparable() -> None:
+    """An entry made before an attack parameter existed (``augment``: its runs record none)
+    is under the same protocol as one made with the value that reproduces the old behaviour,
+    and under another one than an entry made with a different value."""
+    from serbench.leaderboard.families import protocol_key
+
+    old = json.loads((REPO / "leaderboards" / "ravdess" / "update" / "none.json").read_text())
+    assert not any("augment" in r["config"]["attack_params"] for r in old["runs"])
+
+    def made_with(augment: float) -> dict:
+        new = copy.deepcopy(old)
+        for run in new["runs"]:
+            run["config"]["attack_params"]["augment"] = augment
+        return new
+
+    assert protocol_key(made_with(0.0)) == protocol_key(old)
+    assert protocol_key(made_with(0.01)) != protocol_key(old)
+
+
 #: The DP trial entries: (name, defense, parameters), each made like the guide's quick trial.
 DP_ENTRIES = (("none-trial", "none", ()), ("udp-eps10", "udp", ("epsilon=10",)),
               ("udp-ref-eps10", "udp-ref", ()))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serbench.leaderboard.entry import Entry, describe_deviations, restricted_to_seeds
+from serbench.registry import load_plugin
 
 #: Per built-in defense, the parameters that set its strength, in order of preference (the
 #: first one an entry sets is its family's axis).
@@ -147,8 +148,8 @@ def protocol_key(data: dict[str, Any]) -> str:
     """What two entries must share to be compared: the protocol (folds, seeds, shadow, corpus
     options, features), the attacks' deviations from their defaults, and the attacks' own
     parameters."""
-    params = sorted({json.dumps([r["attack"], r["config"].get("attack_params")], sort_keys=True)
-                     for r in data["runs"]})
+    params = sorted({json.dumps([r["attack"], load_plugin("attack", r["attack"]).as_recorded(
+        r["config"].get("attack_params") or {})], sort_keys=True) for r in data["runs"]})
     return json.dumps([data["protocol"], data["deviations"], params], sort_keys=True)
 
 

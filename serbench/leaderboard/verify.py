@@ -14,6 +14,7 @@ from serbench.leaderboard.entry import Entry, cells, headline, measure_stats
 from serbench.leaderboard.submit import Run, load_run, merge_runs
 from serbench.leaderboard.tracks import TRACKS
 from serbench.progress import Reporter
+from serbench.registry import load_plugin
 
 #: Smallest tolerance of any UAR compared. Runs compute on one thread (serbench/threads.py), so
 #: the same code, seed and library versions reproduce an entry exactly; another CPU's kernels
@@ -95,8 +96,10 @@ def verify(entry: Entry, *, folds: list[int] | None, tolerance: float, out: Path
         runs = []
         for run in data["runs"]:
             cfg = EvalConfig(**{k: v for k, v in run["config"].items() if k in fields})
+            attack = load_plugin("attack", run["attack"])
             cfg = dataclasses.replace(cfg, defense=ref, folds=folds or cfg.folds,
-                                      data_root=data_root or cfg.data_root)
+                                      data_root=data_root or cfg.data_root,
+                                      attack_params=attack.as_recorded(cfg.attack_params))
             reporter.log(f"re-running {run['attack']} (seed {run['seed']})")
             path = root / f"{run['attack']}-seed{run['seed']}"
             run_eval(cfg, path, reporter)
