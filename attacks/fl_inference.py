@@ -34,8 +34,7 @@ from serbench.fl.engine import FLConfig, UpdateLog, check_memory, predict
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
-from serbench.plugins import Defense, Surface
-from serbench.registry import load_plugin
+from serbench.plugins import Surface
 from serbench.results import FoldResult
 from serbench.scoring import uar
 from serbench.seeds import shadow_run_seeds
@@ -118,6 +117,19 @@ class LinearUpdateModel(nn.Module):
         return torch.stack([torch.zeros_like(d), d], dim=1)
 
 
+def held_out_speakers(table: pd.DataFrame, seed: int) -> list[str]:
+    """A seeded third of each gender's shadow speakers (at least one), on which the attacker
+    chooses its model; an error where a gender has fewer than two speakers."""
+    rng = np.random.default_rng(seed)
+    held: list[str] = []
+    for g in ("F", "M"):
+        spk = sorted(set(table.loc[table["gender"] == g, "speaker"]))
+        if len(spk) < 2:
+            raise SerbenchError("shadow data needs at least two speakers of each gender")
+        held += list(rng.choice(spk, max(1, len(spk) // 3), replace=False))
+    return held
+
+
 def client_chunks(log: UpdateLog, n: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """Each client's consecutive chunks of ``n`` of its updates (``None`` = all): a (count, n)
     array of log rows per client, with each chunk's gender and client.
@@ -191,15 +203,6 @@ class _TrainingSet(NamedTuple):
     groups: np.ndarray  #: index of the row's averaging size (0: single updates)
 
 
-class _HeldOut(NamedTuple):
-    """A shadow run's held-out speakers, to judge an attacker trained on another run by."""
-
-    raw: list[torch.Tensor]  #: their recorded tensors (singles, then averages), unstandardised
-    labels: torch.Tensor
-    #: their inverted updates' (phi, psi), genders and averaging-size groups, where inverted
-    inverted: tuple[list[torch.Tensor], torch.Tensor, np.ndarray] | None
-
-
 class _Fitted(NamedTuple):
     """What :meth:`FLInferenceAttack.fit` learns in one attack mode."""
 
@@ -232,14 +235,15 @@ class FLInferenceAttack(Attack):
     #: initialisation (the weight-space models need its alignment), the others from other
     #: initialisations and client samplings (the reference trained five shadow models).
     shadow_runs: int = 3
-    #: Noise-augmented candidates (0 = off): the attacker also trains on shadow runs whose
-    #: shared updates carry N(0, augment^2) noise (a ``noise`` defense of that sigma), and uses
-    #: them where they beat the clean-trained attacker on clean held-out shadow speakers. Only
-    #: where the attacker's own shadow is undefended (the non-adaptive mode).
-    augment: float = 0.0
+    #: Where candidate models are judged: ``run``, held-out shadow speakers in an FL run of
+    #: their own from the server's initialisation (as the target's speakers are); ``same-run``,
+    #: held-out speakers of the training run, whose shared trajectory flatters the
+    #: weight-space models (docs/design.md: on synth they were chosen and transferred worst).
+    validation: str = "run"
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear", "inversion")
-    added_params: ClassVar[dict[str, float]] = {"augment": 0.0}
+    VALIDATIONS: ClassVar[tuple[str, ...]] = ("run", "same-run")
+    added_params: ClassVar[dict[str, str]] = {"validation": "same-run"}
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
 
     def validate(self) -> None:
@@ -247,13 +251,15 @@ class FLInferenceAttack(Attack):
             raise SerbenchError(f"attack {self.name!r}: unknown layer {self.layer!r}; "
                                 f"valid layers: {', '.join(SERMLP.layer_names)}")
         if (self.rounds < 1 or not 0 < self.client_fraction <= 1 or self.input_pool < 1
-                or self.shadow_probe_every < 0 or self.shadow_runs < 1 or self.augment < 0):
+                or self.shadow_probe_every < 0 or self.shadow_runs < 1):
             raise SerbenchError(f"attack {self.name!r}: need rounds >= 1, 0 < client_fraction <= 1"
-                                f", input_pool >= 1, shadow_probe_every >= 0, shadow_runs >= 1 and "
-                                f"augment >= 0")
+                                f", input_pool >= 1, shadow_probe_every >= 0 and shadow_runs >= 1")
         if self.model not in self.MODELS:
             raise SerbenchError(f"attack {self.name!r}: unknown model {self.model!r}; "
                                 f"valid: {', '.join(self.MODELS)}")
+        if self.validation not in self.VALIDATIONS:
+            raise SerbenchError(f"attack {self.name!r}: unknown validation {self.validation!r}; "
+                                f"valid: {', '.join(self.VALIDATIONS)}")
         if self.model == "inversion" and self.layer != "first":
             raise SerbenchError(f"attack {self.name!r}: model 'inversion' inverts first-layer "
                                 f"updates only; give layer=first or another model")
@@ -306,105 +312,84 @@ class FLInferenceAttack(Attack):
     def fit(self, ctx: EvalContext) -> None:
         if ctx.shadow is None:
             raise SerbenchError(f"attack {self.name!r} needs shadow data: give --shadow")
-        augment = self.augment > 0 and ctx.shadow_defense.name == "none"
-        fitted, held = self._fit_candidates(ctx, ctx.shadow_defense, keep_held_out=augment)
-        if augment:
-            # The same attacker trained on shadow runs whose shared updates carry N(0, sigma^2)
-            # noise: on synth it beat the clean-trained one on clean targets (docs/design.md).
-            # Both are judged on the clean run's held-out shadow speakers.
-            noisy, _ = self._fit_candidates(
-                ctx, load_plugin("defense", "noise")(sigma=self.augment), refit=False,
-                label="noise-augmented ")
-            score = self._held_out_uar(noisy, held)
-            selection = fitted.selection | {f"noise-augmented {k}": v
-                                            for k, v in noisy.selection.items()}
-            selection["noise-augmented, on clean updates"] = score
-            if score > max(fitted.selection.values()):
-                fitted = noisy
-            fitted = fitted._replace(selection=selection)
-            ctx.reporter.log(f"{ctx.mode} noise-augmented attacker (sigma={self.augment:g}): "
-                             f"held-out shadow UAR on clean updates {score:.3f}; "
-                             f"{'chosen' if fitted is noisy else 'not chosen'}")
-        self._fitted[ctx.mode] = fitted
-
-    def _fit_candidates(self, ctx: EvalContext, defense: Defense, *, keep_held_out: bool = False,
-                        refit: bool = True, label: str = "") -> tuple[_Fitted, _HeldOut | None]:
-        """Shadow FL runs with ``defense`` on the shared updates, the candidate models fitted on
-        them, and the one best on held-out shadow speakers (refitted on every speaker where
-        ``refit``); with ``keep_held_out``, the held-out speakers' rows to judge others by."""
         shadow = ctx.shadow
         # The server knows each round's global model, so it can compute every shadow client's
         # update on it (probing), not just the sampled clients' ones.
         probe = range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every else range(0)
-        run_seed, init_seed = shadow_run_seeds(ctx.seed, 0)
-        deployed = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                            defense, seed=run_seed, init_seed=init_seed,
-                            engine=ctx.engine, reporter=ctx.reporter, probe_rounds=probe,
-                            description=f"{label}shadow {self.algorithm} ({ctx.mode})")
-        run = deployed.run
-        if self.inverts(ctx):  # from the raw first-layer updates, which the next step drops
-            add_inverted(run.log, deployed.observed)
+        # Validate on held-out shadow speakers (a third of each gender) so the attacker is
+        # tuned, and its model chosen, for speakers it has never seen; with validation=run in
+        # an FL run of their own, as the target's speakers are.
+        held = held_out_speakers(shadow.table, ctx.seed)
+        separate = self.validation == "run"
+        everyone = np.arange(len(shadow.table))
+        in_held = shadow.table["speaker"].isin(held).to_numpy()
+        trained = everyone[~in_held] if separate else everyone
+
+        def shadow_run(k: int, rows: np.ndarray, what: str) -> UpdateLog:
+            run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
+            if k == self.shadow_runs:  # the validation run starts where the target's does
+                init_seed = shadow_run_seeds(ctx.seed, 0)[1]
+            deployed = federate(self.recipe(ctx), shadow, rows, ctx.shadow_defense,
+                                seed=run_seed, init_seed=init_seed, engine=ctx.engine,
+                                reporter=ctx.reporter, probe_rounds=probe,
+                                description=f"shadow {self.algorithm}{what} ({ctx.mode})")
+            if self.inverts(ctx):  # from the raw first-layer updates, dropped once copied
+                add_inverted(deployed.run.log, deployed.observed)
+            return deployed.run.log
+
+        log = shadow_run(0, trained, "")
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
-        stats = [(t.mean(0), t.std(0) + 1e-8) for t in (run.log.layers[n] for n in self.recorded)]
-        data = self._training_set(run.log, self.recorded, stats)
+        stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers[n] for n in self.recorded)]
+        data = self._training_set(log, self.recorded, stats)
         for name in self.recorded:  # standardised in data now; the raw copy need not stay
-            del run.log.layers[name]
-        genders, speakers, groups = data.genders, data.speakers, data.groups
-        labels = torch.as_tensor(genders)
-        # Validate on held-out shadow speakers (a third of each gender) so the attacker is
-        # tuned, and its model chosen, for speakers it has never seen.
-        rng = np.random.default_rng(ctx.seed)
-        held = set()
-        for g in (0, 1):
-            spk = sorted(set(speakers[genders == g]))
-            held.update(rng.choice(spk, max(1, len(spk) // 3), replace=False) if len(spk) > 1 else [])
-        val = torch.as_tensor(np.isin(speakers, list(held)))
-        if not val.any():
-            raise SerbenchError("shadow data needs at least two speakers of each gender")
-        held_out = ([t[val] for t in data.inputs], labels[val])
-        kept = _HeldOut([t * s + m for t, (m, s) in zip(held_out[0], stats)], held_out[1],
-                        None) if keep_held_out else None
+            del log.layers[name]
+        labels = torch.as_tensor(data.genders)
+        if separate:
+            check_log = shadow_run(self.shadow_runs, everyone[in_held], " validation run")
+            check = self._training_set(check_log, self.recorded, stats)
+            for name in self.recorded:
+                del check_log.layers[name]
+            held_out = (check.inputs, torch.as_tensor(check.genders))
+        else:
+            val = torch.as_tensor(np.isin(data.speakers, held))
+            held_out = ([t[val] for t in data.inputs], labels[val])
         candidates: dict[str, nn.Module] = {}
         selection: dict[str, float] = {}
         if self.model in ("auto", "linear"):
-            candidates["linear"] = LinearUpdateModel().fit([data.flat[~val]], labels[~val])
+            candidates["linear"] = LinearUpdateModel().fit(
+                [data.flat if separate else data.flat[~val]], labels if separate else labels[~val])
         if self.model in ("auto", "cnn"):
             model = UpdateAttackModel(data.inputs[1].shape[1], self.input_pool)
-            images = model.prepare(*data.inputs)
-            with ctx.reporter.track(f"{label}attack CNN on {self.layer}-layer updates",
-                                    self.epochs) as adv:
+            if separate:
+                fit_x, val_x = model.prepare(*data.inputs), model.prepare(*held_out[0])
+            else:
+                images = model.prepare(*data.inputs)
+                fit_x, val_x = [t[~val] for t in images], [t[val] for t in images]
+            with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
-                    model, [t[~val] for t in images], labels[~val],
-                    val=([t[val] for t in images], labels[val]), epochs=self.epochs, lr=1e-3,
-                    weight_decay=1e-4, patience=3, seed=ctx.seed, advance=adv)
-            del images
+                    model, fit_x, labels if separate else labels[~val], val=(val_x, held_out[1]),
+                    epochs=self.epochs, lr=1e-3, weight_decay=1e-4, patience=3, seed=ctx.seed,
+                    advance=adv)
+            del fit_x, val_x
         # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from
         # which the CNN is initialised, so the weight-space candidates stay as they were.
         if self.inverts(ctx):
-            inverted = self._training_set(run.log, INVERTED).inputs
-            if kept is not None:
-                kept = kept._replace(inverted=([t[val] for t in inverted], labels[val],
-                                               groups[val.numpy()]))
-            inv_labels, inv_val, inv_groups = labels, val, groups
+            parts = [self._training_set(log, INVERTED)]
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
-                run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
-                more = federate(self.recipe(ctx), shadow, np.arange(len(shadow.table)),
-                                defense, seed=run_seed, init_seed=init_seed,
-                                engine=ctx.engine,
-                                reporter=ctx.reporter, probe_rounds=probe,
-                                description=f"{label}shadow {self.algorithm} run {k + 1} "
-                                            f"({ctx.mode})")
-                add_inverted(more.run.log, more.observed)
-                _, phi_psi, g, spk, grp = self._training_set(more.run.log, INVERTED)
-                del more  # its raw updates: the next run's need the memory
-                inverted = [torch.cat([a, b]) for a, b in zip(inverted, phi_psi)]
-                inv_labels = torch.cat([inv_labels, torch.as_tensor(g)])
-                inv_val = torch.cat([inv_val, torch.as_tensor(np.isin(spk, list(held)))])
-                inv_groups = np.concatenate([inv_groups, grp])
+                parts.append(self._training_set(shadow_run(k, trained, f" run {k + 1}"),
+                                                INVERTED))
+            if separate:
+                parts.append(self._training_set(check_log, INVERTED))
+                inv_val = np.repeat([False] * (len(parts) - 1) + [True],
+                                    [len(p.genders) for p in parts])
+            else:
+                inv_val = np.concatenate([np.isin(p.speakers, held) for p in parts])
             candidates["inversion"], selection["inversion"], chosen_grid = self._fit_inversion(
-                inverted, inv_labels, inv_val, inv_groups, refit=refit)
-            ctx.reporter.log(f"{ctx.mode} {label}inversion candidate: C={chosen_grid[0]:g}, "
+                [torch.cat(t) for t in zip(*(p.inputs for p in parts))],
+                torch.as_tensor(np.concatenate([p.genders for p in parts])),
+                torch.as_tensor(inv_val), np.concatenate([p.groups for p in parts]))
+            ctx.reporter.log(f"{ctx.mode} inversion candidate: C={chosen_grid[0]:g}, "
                              f"rows scaled per {chosen_grid[1]}")
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
         selection |= {name: uar(held_out[1].numpy(),
@@ -412,27 +397,14 @@ class FLInferenceAttack(Attack):
                       for name, m in candidates.items() if name not in selection}
         chosen = max(selection, key=selection.get)
         model = candidates[chosen]
-        if chosen == "linear" and refit:  # cheap to refit: use every shadow speaker
+        if chosen == "linear" and not separate:  # cheap to refit: use every shadow speaker
             model = LinearUpdateModel().fit([data.flat], labels)
-        fitted = (_Fitted(None, model, selection, INVERTED) if chosen == "inversion" else
-                  _Fitted(stats, model, selection, self.recorded))
-        ctx.reporter.log(f"{ctx.mode} {label}attack model: {chosen} (held-out shadow UAR "
+        if chosen == "inversion":
+            self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
+        else:
+            self._fitted[ctx.mode] = _Fitted(stats, model, selection, self.recorded)
+        ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
-        return fitted, kept
-
-    @staticmethod
-    def _held_out_uar(fitted: _Fitted, held: _HeldOut) -> float:
-        """UAR of a fitted attacker on another run's held-out shadow speakers (raw updates)."""
-        if fitted.names == INVERTED:
-            inputs, labels, groups = held.inverted
-            pred = np.empty(len(labels), dtype=np.int64)
-            for g in np.unique(groups):  # each averaging size standardised on its own
-                rows = torch.as_tensor(np.flatnonzero(groups == g))
-                part = [t[rows] for t in inputs]
-                pred[rows.numpy()] = fitted.model.adapt(part)(*part).argmax(1).numpy()
-            return uar(labels.numpy(), pred)
-        inputs = fitted.model.prepare(*_normalise(held.raw, fitted.stats))
-        return uar(held.labels.numpy(), predict_proba(fitted.model, inputs).argmax(1).numpy())
 
     def _training_set(self, log: UpdateLog, names: tuple[str, str],
                       stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -477,11 +449,10 @@ class FLInferenceAttack(Attack):
 
     @staticmethod
     def _fit_inversion(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
-                       groups: np.ndarray, refit: bool = True
-                       ) -> tuple[InputSpaceModel, float, tuple[float, str]]:
+                       groups: np.ndarray) -> tuple[InputSpaceModel, float, tuple[float, str]]:
         """The inversion candidate: :data:`INVERSION_GRID` searched on held-out shadow speakers
         (each averaging size standardised with its own statistics, as the target's will be),
-        then refitted on every shadow speaker where ``refit``."""
+        then refitted on every shadow speaker."""
         train = ([t[~val] for t in inputs], labels[~val])
         held = [t[val] for t in inputs]
         held_groups, truth = groups[val.numpy()], labels[val].numpy()
@@ -495,8 +466,7 @@ class FLInferenceAttack(Attack):
                 pred[rows.numpy()] = model.adapt(part)(*part).argmax(1).numpy()
             scores[c, scale] = uar(truth, pred)
         best = max(scores, key=scores.get)
-        return (InputSpaceModel(*best).fit(*(train if not refit else (inputs, labels))),
-                scores[best], best)
+        return InputSpaceModel(*best).fit(inputs, labels), scores[best], best
 
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table

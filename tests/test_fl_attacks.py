@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from serbench.attacks import fl_inference
 from serbench.attacks.fl_inference import FedAvgAttack, LinearUpdateModel
 from serbench.errors import SerbenchError
 from serbench.fl import engine
@@ -108,15 +110,16 @@ def test_a_training_set_that_would_not_fit_fails_early_with_one_line(
         tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The attack's own working set is checked like the update log: the size and the options
     that reduce it, in one line, before it is allocated (not an OOM kill)."""
-    # 10 rounds, probing rounds 0 and 8: 2 x 20 + 8 x 2 = 56 shadow updates of 1.01 MB (the
-    # log fits in 100 MB); with their 20 per-client averages, 76 rows twice do not.
-    monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + 100 * 2**20)
+    # 10 rounds, probing rounds 0 and 8, the 14 shadow speakers not held out (20 less a third
+    # of each gender): 2 x 14 + 8 x 1 = 36 shadow updates of 1.01 MB (the log fits in 60 MB);
+    # with their 14 per-client averages, 50 rows twice do not.
+    monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + 60 * 2**20)
     cfg = EvalConfig(attack="fedavg", folds=[1],
                      attack_params={"rounds": 10, "averaging": "1,all", "model": "linear"})
     with pytest.raises(SerbenchError) as failure:
         run_eval(cfg, tmp_path / "run")
     message = str(failure.value)
-    assert "\n" not in message and "the attack's training set (76 rows" in message
+    assert "\n" not in message and "the attack's training set (50 rows" in message
     assert "shadow_probe_every=16" in message
 
 
@@ -150,22 +153,43 @@ def test_training_set_rows_are_the_standardised_updates_and_their_client_average
     assert torch.equal(flat_fit(data.flat), pair_fit(*data.inputs))
 
 
-def test_noise_augmented_attacker_is_judged_on_clean_held_out_speakers(tmp_path) -> None:
-    """Issue 15 (noise-augmented candidates): with ``augment`` the undefended side's attacker
-    also trains on shadow runs with noisy updates and reports how that attacker does on the
-    clean run's held-out speakers; the adaptive attacker, whose shadow is already defended,
-    does not."""
-    cfg = EvalConfig(attack="fedsgd", folds=[1], defense="noise", defense_params={"sigma": 1e-4},
-                     attack_params={"rounds": 12, "averaging": "1,all", "epochs": 2,
-                                    "shadow_runs": 1, "augment": 0.01})
-    result = run_eval(cfg, tmp_path / "run")
-    extras = {m.mode: m.folds[1].extras for m in result.modes}
-    clean = extras["non-adaptive"]
-    judged = clean["shadow held-out UAR (noise-augmented, on clean updates)"]
-    assert 0 <= judged <= 1
-    assert {"noise-augmented linear", "noise-augmented cnn", "noise-augmented inversion",
-            "linear", "cnn", "inversion"} <= {k.split("(")[1].rstrip(")") for k in clean
-                                              if k.startswith("shadow held-out")}
-    assert not any("noise-augmented" in k for k in extras["adaptive"])
-    with pytest.raises(SerbenchError, match="augment >= 0"):
-        FedAvgAttack(augment=-1)
+def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 (model selection on held-out shadow speakers): by default the held-out third
+    of each gender's shadow speakers takes part in an FL run of its own, from the server's
+    initialisation like the target's run, and the candidates train on runs without them; with
+    ``validation=same-run`` (entries made before the choice existed) they share the training
+    run."""
+    calls, tables = [], []
+    real = fl_inference.federate
+
+    def federate(recipe, data, rows, defense, **kw):
+        if "shadow" in kw["description"]:
+            calls.append((kw["description"], set(data.table["speaker"].iloc[rows]),
+                          kw["init_seed"]))
+            tables.append(data.table)
+        return real(recipe, data, rows, defense, **kw)
+
+    monkeypatch.setattr(fl_inference, "federate", federate)
+    params = {"rounds": 8, "averaging": "1", "epochs": 1, "shadow_runs": 2}
+    run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5, attack_params=params),
+             tmp_path / "a")
+    shadow = set(json.loads((tmp_path / "a" / "config.json").read_text())["shadow_speakers"])
+    (_, trained, server), (last, held, init), (_, again, other) = calls
+    assert "validation run" in last and server == init == 5 and other != 5
+    assert trained == again and trained | held == shadow and not trained & held
+    assert held == set(fl_inference.held_out_speakers(tables[0], 5))
+    calls.clear()
+    run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5,
+                        attack_params=params | {"validation": "same-run"}), tmp_path / "b")
+    assert [c[1] for c in calls] == [shadow, shadow]
+
+
+def test_held_out_speakers_are_a_seeded_third_of_each_gender() -> None:
+    table = pd.DataFrame({"speaker": [f"s{i}" for i in range(10)],
+                          "gender": ["F"] * 6 + ["M"] * 4})
+    held = fl_inference.held_out_speakers(table, 0)
+    assert held == fl_inference.held_out_speakers(table, 0)
+    assert sum(s in {f"s{i}" for i in range(6)} for s in held) == 2 and len(held) == 3
+    with pytest.raises(SerbenchError, match="two speakers of each gender"):
+        fl_inference.held_out_speakers(table.iloc[:7], 0)
