@@ -337,7 +337,7 @@ class FLInferenceAttack(Attack):
                 add_inverted(deployed.run.log, deployed.observed)
             return deployed.run.log
 
-        log = shadow_run(0, trained, "")
+        log = shadow_run(0, trained, " selection run" if separate else "")
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
         stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers[n] for n in self.recorded)]
@@ -375,6 +375,8 @@ class FLInferenceAttack(Attack):
         # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from
         # which the CNN is initialised, so the weight-space candidates stay as they were.
         if self.inverts(ctx):
+            # Held-out run: chosen on runs without the held-out speakers, then (if chosen)
+            # trained again on runs of every shadow speaker below.
             parts = [self._training_set(log, INVERTED)]
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
                 parts.append(self._training_set(shadow_run(k, trained, f" run {k + 1}"),
@@ -397,14 +399,38 @@ class FLInferenceAttack(Attack):
                       for name, m in candidates.items() if name not in selection}
         chosen = max(selection, key=selection.get)
         model = candidates[chosen]
-        if chosen == "linear" and not separate:  # cheap to refit: use every shadow speaker
-            model = LinearUpdateModel().fit([data.flat], labels)
-        if chosen == "inversion":
-            self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
-        else:
-            self._fitted[ctx.mode] = _Fitted(stats, model, selection, self.recorded)
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
+        if not separate:
+            if chosen == "linear":  # cheap to refit: use every shadow speaker
+                model = LinearUpdateModel().fit([data.flat], labels)
+            self._fitted[ctx.mode] = (_Fitted(None, model, selection, INVERTED)
+                                      if chosen == "inversion" else
+                                      _Fitted(stats, model, selection, self.recorded))
+            return
+        del data, check, held_out, candidates
+        # Chosen: now trained on shadow runs of every shadow speaker, as same-run trains (the
+        # CNN keeps its early-stopped fit on the selection run).
+        if chosen == "cnn":
+            self._fitted[ctx.mode] = _Fitted(stats, model, selection, self.recorded)
+        elif chosen == "linear":
+            log = shadow_run(0, everyone, " (all speakers)")
+            stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers[n] for n in self.recorded)]
+            data = self._training_set(log, self.recorded, stats)
+            del log
+            self._fitted[ctx.mode] = _Fitted(stats, LinearUpdateModel().fit(
+                [data.flat], torch.as_tensor(data.genders)), selection, self.recorded)
+        else:  # not on the validation run: its few clients take part unusually often
+            parts = []
+            for k in range(self.shadow_runs):
+                log = shadow_run(k, everyone, f" run {k + 1} (all speakers)")
+                for name in self.recorded:  # only its inverted updates are needed
+                    del log.layers[name]
+                parts.append(self._training_set(log, INVERTED))
+            model = InputSpaceModel(*chosen_grid).fit(
+                [torch.cat(t) for t in zip(*(p.inputs for p in parts))],
+                torch.as_tensor(np.concatenate([p.genders for p in parts])))
+            self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
 
     def _training_set(self, log: UpdateLog, names: tuple[str, str],
                       stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None

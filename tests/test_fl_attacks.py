@@ -157,9 +157,9 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
         tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 15 (model selection on held-out shadow speakers): by default the held-out third
     of each gender's shadow speakers takes part in an FL run of its own, from the server's
-    initialisation like the target's run, and the candidates train on runs without them; with
-    ``validation=same-run`` (entries made before the choice existed) they share the training
-    run."""
+    initialisation like the target's run, the candidates train on a run without them, and the
+    chosen one is trained again on runs of every shadow speaker; with ``validation=same-run``
+    (entries made before the choice existed) they share the training run."""
     calls, tables = [], []
     real = fl_inference.federate
 
@@ -175,10 +175,16 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
     run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5, attack_params=params),
              tmp_path / "a")
     shadow = set(json.loads((tmp_path / "a" / "config.json").read_text())["shadow_speakers"])
-    (_, trained, server), (last, held, init), (_, again, other) = calls
-    assert "validation run" in last and server == init == 5 and other != 5
-    assert trained == again and trained | held == shadow and not trained & held
+    (first, trained, server), (last, held, init), *rest = calls
+    assert "selection run" in first and "validation run" in last and server == init == 5
+    assert trained | held == shadow and not trained & held
     assert held == set(fl_inference.held_out_speakers(tables[0], 5))
+    # the inversion's second run (another initialisation), still without the held-out ones
+    (more, again, other), *final = rest
+    assert "run 2" in more and again == trained and other != 5
+    # the chosen model is then trained on runs of every shadow speaker, as same-run trains
+    assert all(c[1] == shadow and "all speakers" in c[0] for c in final)
+    assert [c[2] == 5 for c in final] in ([], [True], [True, False])
     calls.clear()
     run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5,
                         attack_params=params | {"validation": "same-run"}), tmp_path / "b")
