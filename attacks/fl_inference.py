@@ -354,6 +354,14 @@ class FLInferenceAttack(Attack):
         else:
             val = torch.as_tensor(np.isin(data.speakers, held))
             held_out = ([t[val] for t in data.inputs], labels[val])
+        for rows, what in ((labels if separate else labels[~val], "training"),
+                           *([(held_out[1], "held-out")] if separate else [])):
+            if len(rows.unique()) < 2:
+                raise SerbenchError(
+                    f"attack {self.name!r}: the shadow's {what} updates hold one gender only "
+                    f"({len(rows)} updates); record more of them (--attack-param "
+                    f"shadow_probe_every=N probes every shadow client each N rounds, or more "
+                    f"rounds)")
         candidates: dict[str, nn.Module] = {}
         selection: dict[str, float] = {}
         if self.model in ("auto", "linear"):

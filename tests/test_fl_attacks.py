@@ -199,3 +199,15 @@ def test_held_out_speakers_are_a_seeded_third_of_each_gender() -> None:
     assert sum(s in {f"s{i}" for i in range(6)} for s in held) == 2 and len(held) == 3
     with pytest.raises(SerbenchError, match="two speakers of each gender"):
         fl_inference.held_out_speakers(table.iloc[:7], 0)
+
+
+def test_a_shadow_with_one_gender_of_updates_fails_in_one_line(tmp_path) -> None:
+    """Too few recorded shadow updates to hold both genders (one round, one sampled client, no
+    probing) is a one-line error naming the option that records more, not a solver traceback."""
+    cfg = EvalConfig(attack="fedsgd", folds=[1], attack_params={
+        "rounds": 1, "averaging": "1", "model": "linear", "shadow_probe_every": 0})
+    with pytest.raises(SerbenchError) as failure:
+        run_eval(cfg, tmp_path / "run")
+    message = str(failure.value)
+    assert "\n" not in message and "hold one gender only" in message
+    assert "shadow_probe_every" in message

@@ -447,22 +447,22 @@ def test_a_family_swept_at_one_seed_is_compared_with_none_at_that_seed() -> None
 
 
 def test_an_attack_parameter_added_later_keeps_older_entries_comparable() -> None:
-    """An entry made before an attack parameter existed (``augment``: its runs record none)
+    """An entry made before an attack parameter existed (``validation``: its runs record none)
     is under the same protocol as one made with the value that reproduces the old behaviour,
-    and under another one than an entry made with a different value."""
+    and under another one than an entry made with the new default."""
     from serbench.leaderboard.families import protocol_key
 
     old = json.loads((REPO / "leaderboards" / "ravdess" / "update" / "none.json").read_text())
-    assert not any("augment" in r["config"]["attack_params"] for r in old["runs"])
+    assert not any("validation" in r["config"]["attack_params"] for r in old["runs"])
 
-    def made_with(augment: float) -> dict:
+    def made_with(validation: str) -> dict:
         new = copy.deepcopy(old)
         for run in new["runs"]:
-            run["config"]["attack_params"]["augment"] = augment
+            run["config"]["attack_params"]["validation"] = validation
         return new
 
-    assert protocol_key(made_with(0.0)) == protocol_key(old)
-    assert protocol_key(made_with(0.01)) != protocol_key(old)
+    assert protocol_key(made_with("same-run")) == protocol_key(old)
+    assert protocol_key(made_with("run")) != protocol_key(old)
 
 
 #: The DP trial entries: (name, defense, parameters), each made like the guide's quick trial.
