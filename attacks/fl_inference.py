@@ -325,10 +325,13 @@ class FLInferenceAttack(Attack):
         in_held = shadow.table["speaker"].isin(held).to_numpy()
         trained = everyone[~in_held] if separate else everyone
 
-        def shadow_run(k: int, rows: np.ndarray, what: str) -> UpdateLog:
+        def shadow_run(k: int, rows: np.ndarray, what: str, init_run: int | None = None
+                       ) -> UpdateLog:
+            """Shadow FL run ``k`` on ``rows`` (initialised like run ``init_run``, default
+            ``k``), its first-layer updates inverted where the inversion is a candidate."""
             run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
-            if k == self.shadow_runs:  # the validation run starts where the target's does
-                init_seed = shadow_run_seeds(ctx.seed, 0)[1]
+            if init_run is not None:
+                init_seed = shadow_run_seeds(ctx.seed, init_run)[1]
             deployed = federate(self.recipe(ctx), shadow, rows, ctx.shadow_defense,
                                 seed=run_seed, init_seed=init_seed, engine=ctx.engine,
                                 reporter=ctx.reporter, probe_rounds=probe,
@@ -337,24 +340,33 @@ class FLInferenceAttack(Attack):
                 add_inverted(deployed.run.log, deployed.observed)
             return deployed.run.log
 
+        def weight_space(log: UpdateLog, stats: list[tuple[torch.Tensor, torch.Tensor]] | None
+                         = None) -> tuple[_TrainingSet, list[tuple[torch.Tensor, torch.Tensor]]]:
+            """The log's recorded layers as a training set standardised with ``stats`` (its
+            own by default); the raw layers are dropped once copied."""
+            stats = stats or [(t.mean(0), t.std(0) + 1e-8)
+                              for t in (log.layers[n] for n in self.recorded)]
+            data = self._training_set(log, self.recorded, stats)
+            for name in self.recorded:
+                del log.layers[name]
+            return data, stats
+
         log = shadow_run(0, trained, " selection run" if separate else "")
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
-        stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers[n] for n in self.recorded)]
-        data = self._training_set(log, self.recorded, stats)
-        for name in self.recorded:  # standardised in data now; the raw copy need not stay
-            del log.layers[name]
+        data, stats = weight_space(log)
         labels = torch.as_tensor(data.genders)
-        if separate:
-            check_log = shadow_run(self.shadow_runs, everyone[in_held], " validation run")
-            check = self._training_set(check_log, self.recorded, stats)
-            for name in self.recorded:
-                del check_log.layers[name]
+        if separate:  # the held-out speakers' run starts where the target's does
+            check_log = shadow_run(self.shadow_runs, everyone[in_held], " validation run",
+                                   init_run=0)
+            check = weight_space(check_log, stats)[0]
             held_out = (check.inputs, torch.as_tensor(check.genders))
+            fit_rows = slice(None)
         else:
             val = torch.as_tensor(np.isin(data.speakers, held))
             held_out = ([t[val] for t in data.inputs], labels[val])
-        for rows, what in ((labels if separate else labels[~val], "training"),
+            fit_rows = ~val
+        for rows, what in ((labels[fit_rows], "training"),
                            *([(held_out[1], "held-out")] if separate else [])):
             if len(rows.unique()) < 2:
                 raise SerbenchError(
@@ -365,8 +377,8 @@ class FLInferenceAttack(Attack):
         candidates: dict[str, nn.Module] = {}
         selection: dict[str, float] = {}
         if self.model in ("auto", "linear"):
-            candidates["linear"] = LinearUpdateModel().fit(
-                [data.flat if separate else data.flat[~val]], labels if separate else labels[~val])
+            candidates["linear"] = LinearUpdateModel().fit([data.flat[fit_rows]],
+                                                           labels[fit_rows])
         if self.model in ("auto", "cnn"):
             model = UpdateAttackModel(data.inputs[1].shape[1], self.input_pool)
             if separate:
@@ -376,15 +388,13 @@ class FLInferenceAttack(Attack):
                 fit_x, val_x = [t[~val] for t in images], [t[val] for t in images]
             with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
-                    model, fit_x, labels if separate else labels[~val], val=(val_x, held_out[1]),
+                    model, fit_x, labels[fit_rows], val=(val_x, held_out[1]),
                     epochs=self.epochs, lr=1e-3, weight_decay=1e-4, patience=3, seed=ctx.seed,
                     advance=adv)
             del fit_x, val_x
         # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from
         # which the CNN is initialised, so the weight-space candidates stay as they were.
         if self.inverts(ctx):
-            # Held-out run: chosen on runs without the held-out speakers, then (if chosen)
-            # trained again on runs of every shadow speaker below.
             parts = [self._training_set(log, INVERTED)]
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
                 parts.append(self._training_set(shadow_run(k, trained, f" run {k + 1}"),
@@ -395,10 +405,12 @@ class FLInferenceAttack(Attack):
                                     [len(p.genders) for p in parts])
             else:
                 inv_val = np.concatenate([np.isin(p.speakers, held) for p in parts])
-            candidates["inversion"], selection["inversion"], chosen_grid = self._fit_inversion(
-                [torch.cat(t) for t in zip(*(p.inputs for p in parts))],
-                torch.as_tensor(np.concatenate([p.genders for p in parts])),
-                torch.as_tensor(inv_val), np.concatenate([p.groups for p in parts]))
+            inputs, inv_labels = _stacked(parts)
+            chosen_grid, selection["inversion"] = self._inversion_grid(
+                inputs, inv_labels, torch.as_tensor(inv_val),
+                np.concatenate([p.groups for p in parts]))
+            if not separate:  # held-out run: trained below, on full runs, if chosen
+                candidates["inversion"] = InputSpaceModel(*chosen_grid).fit(inputs, inv_labels)
             ctx.reporter.log(f"{ctx.mode} inversion candidate: C={chosen_grid[0]:g}, "
                              f"rows scaled per {chosen_grid[1]}")
         # The stronger model on held-out shadow speakers attacks the target (never chosen on it).
@@ -406,39 +418,28 @@ class FLInferenceAttack(Attack):
                                 predict_proba(m, m.prepare(*held_out[0])).argmax(1).numpy())
                       for name, m in candidates.items() if name not in selection}
         chosen = max(selection, key=selection.get)
-        model = candidates[chosen]
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
-        if not separate:
-            if chosen == "linear":  # cheap to refit: use every shadow speaker
-                model = LinearUpdateModel().fit([data.flat], labels)
-            self._fitted[ctx.mode] = (_Fitted(None, model, selection, INVERTED)
-                                      if chosen == "inversion" else
-                                      _Fitted(stats, model, selection, self.recorded))
-            return
-        del data, check, held_out, candidates
-        # Chosen: now trained on shadow runs of every shadow speaker, as same-run trains (the
-        # CNN keeps its early-stopped fit on the selection run).
-        if chosen == "cnn":
-            self._fitted[ctx.mode] = _Fitted(stats, model, selection, self.recorded)
-        elif chosen == "linear":
-            log = shadow_run(0, everyone, " (all speakers)")
-            stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers[n] for n in self.recorded)]
-            data = self._training_set(log, self.recorded, stats)
-            del log
-            self._fitted[ctx.mode] = _Fitted(stats, LinearUpdateModel().fit(
-                [data.flat], torch.as_tensor(data.genders)), selection, self.recorded)
-        else:  # not on the validation run: its few clients take part unusually often
-            parts = []
-            for k in range(self.shadow_runs):
-                log = shadow_run(k, everyone, f" run {k + 1} (all speakers)")
-                for name in self.recorded:  # only its inverted updates are needed
-                    del log.layers[name]
-                parts.append(self._training_set(log, INVERTED))
-            model = InputSpaceModel(*chosen_grid).fit(
-                [torch.cat(t) for t in zip(*(p.inputs for p in parts))],
-                torch.as_tensor(np.concatenate([p.genders for p in parts])))
-            self._fitted[ctx.mode] = _Fitted(None, model, selection, INVERTED)
+        model = candidates.get(chosen)
+        del held_out, candidates
+        if separate:  # trained again on runs of every shadow speaker, as same-run trains
+            del data, check
+            if chosen == "linear":
+                data, stats = weight_space(shadow_run(0, everyone, " (all speakers)"))
+            elif chosen == "inversion":  # not the validation run: its few clients take part
+                parts = []               # unusually often
+                for k in range(self.shadow_runs):
+                    log = shadow_run(k, everyone, f" run {k + 1} (all speakers)")
+                    for name in self.recorded:  # only its inverted updates are needed
+                        del log.layers[name]
+                    parts.append(self._training_set(log, INVERTED))
+                model = InputSpaceModel(*chosen_grid).fit(*_stacked(parts))
+            # the CNN keeps its early-stopped fit on the selection run
+        if chosen == "linear":  # cheap to refit: use every shadow speaker
+            model = LinearUpdateModel().fit([data.flat], torch.as_tensor(data.genders))
+        self._fitted[ctx.mode] = (_Fitted(None, model, selection, INVERTED)
+                                  if chosen == "inversion" else
+                                  _Fitted(stats, model, selection, self.recorded))
 
     def _training_set(self, log: UpdateLog, names: tuple[str, str],
                       stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -482,11 +483,11 @@ class FLInferenceAttack(Attack):
                             np.concatenate([p[2] for p in parts]), groups)
 
     @staticmethod
-    def _fit_inversion(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
-                       groups: np.ndarray) -> tuple[InputSpaceModel, float, tuple[float, str]]:
-        """The inversion candidate: :data:`INVERSION_GRID` searched on held-out shadow speakers
-        (each averaging size standardised with its own statistics, as the target's will be),
-        then refitted on every shadow speaker."""
+    def _inversion_grid(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
+                        groups: np.ndarray) -> tuple[tuple[float, str], float]:
+        """The inversion candidate's setting: :data:`INVERSION_GRID` searched on held-out shadow
+        speakers (each averaging size standardised with its own statistics, as the target's
+        will be), with its held-out UAR."""
         train = ([t[~val] for t in inputs], labels[~val])
         held = [t[val] for t in inputs]
         held_groups, truth = groups[val.numpy()], labels[val].numpy()
@@ -500,7 +501,7 @@ class FLInferenceAttack(Attack):
                 pred[rows.numpy()] = model.adapt(part)(*part).argmax(1).numpy()
             scores[c, scale] = uar(truth, pred)
         best = max(scores, key=scores.get)
-        return InputSpaceModel(*best).fit(inputs, labels), scores[best], best
+        return best, scores[best]
 
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table
@@ -534,6 +535,12 @@ class FLInferenceAttack(Attack):
         extras = deployed.privacy | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
         return FoldResult(pd.concat(rows, ignore_index=True), extras, deployed.accounting)
+
+
+def _stacked(parts: list[_TrainingSet]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Several training sets' inputs, tensor by tensor, and their genders, in order."""
+    return ([torch.cat(t) for t in zip(*(p.inputs for p in parts))],
+            torch.as_tensor(np.concatenate([p.genders for p in parts])))
 
 
 def _normalise(tensors: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]

@@ -161,24 +161,24 @@ def assign_baselines(rows: list[Row]) -> None:
     pool = sorted((r for r in rows if r.data["defense"]["name"] == BASELINE),
                   key=lambda r: (bool(r.entry.problem), r.data["name"] != BASELINE,
                                  r.data["name"]))
+    keyed = [(protocol_key(r.data), r) for r in pool]
     restricted: dict[tuple[str, tuple[int, ...]], Row] = {}
+
+    def at_seeds(base: Row, seeds: list[int]) -> Row:
+        cache = (base.data["name"], tuple(seeds))
+        if cache not in restricted:
+            restricted[cache] = Row(Entry(base.entry.path, restricted_to_seeds(
+                base.data, seeds), base.entry.problem), False)
+        return restricted[cache]
+
     for row in rows:
         if row.data["defense"]["name"] == BASELINE:
             continue
         key, seeds = protocol_key(row.data), row.data["protocol"]["seeds"]
-        row.baseline = next((r for r in pool if protocol_key(r.data) == key), None)
-        for base in pool if row.baseline is None else ():
-            if not set(seeds) < set(base.data["protocol"]["seeds"]):
-                continue
-            if protocol_key(dict(base.data, protocol=dict(base.data["protocol"],
-                                                          seeds=seeds))) != key:
-                continue
-            cache = (base.data["name"], tuple(seeds))
-            if cache not in restricted:
-                restricted[cache] = Row(Entry(base.entry.path, restricted_to_seeds(
-                    base.data, seeds), base.entry.problem), False)
-            row.baseline = restricted[cache]
-            break
+        row.baseline = next((r for k, r in keyed if k == key), None) or next(
+            (at_seeds(r, seeds) for r in pool if set(seeds) < set(r.data["protocol"]["seeds"])
+             and protocol_key(dict(r.data, protocol=dict(r.data["protocol"], seeds=seeds)))
+             == key), None)
 
 
 @dataclass
