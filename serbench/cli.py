@@ -40,9 +40,9 @@ def eval_cmd(
     attack: Annotated[Optional[str], typer.Option(
         help="Attack name (see `serbench list`), or file.py:ClassName.")] = None,
     defense: Annotated[Optional[str], typer.Option(
-        help="Defense name, or file.py:ClassName.  [default: none]")] = None,
+        help="Defense name, or file.py:ClassName.  \\[default: none]")] = None,
     dataset: Annotated[Optional[str], typer.Option(
-        help="Target corpus.  [default: synth]")] = None,
+        help="Target corpus.  \\[default: synth]")] = None,
     data_root: Annotated[Optional[Path], typer.Option(
         help="Corpus directory (manifest: the CSV file). synth: where to write its audio.")] = None,
     dataset_option: Annotated[Optional[list[str]], typer.Option(
@@ -59,9 +59,9 @@ def eval_cmd(
     features: Annotated[Optional[str], typer.Option(
         help="Feature set (default: the attack's; see `serbench list features`).")] = None,
     folds: Annotated[Optional[str], typer.Option(
-        help="'all' or fold numbers, e.g. 1,3.  [default: all]")] = None,
+        help="'all' or fold numbers, e.g. 1,3.  \\[default: all]")] = None,
     seed: Annotated[Optional[int], typer.Option(
-        help="Seed for every random choice.  [default: 0]")] = None,
+        help="Seed for every random choice.  \\[default: 0]")] = None,
     engine: Annotated[Optional[str], typer.Option(
         help="FL engine: 'inprocess' (default: a round's clients batched), 'inprocess-serial' "
              "(client by client), 'flower' (Flower's simulation engine) or "
@@ -80,8 +80,8 @@ def eval_cmd(
         help="Run directory (default runs/<time>-<attack>-<defense>-<dataset>); an existing "
              "one with the same configuration is resumed.")] = None,
     config: Annotated[Optional[Path], typer.Option(
-        help="TOML file of eval options (keys as the options, with [dataset_options], "
-             "[attack_params] and [defense_params] tables; docs/your-own-corpus.md). Options "
+        help="TOML file of eval options (keys as the options, with \\[dataset_options], "
+             "\\[attack_params] and \\[defense_params] tables; docs/your-own-corpus.md). Options "
              "given here override it. Every run directory holds a config.toml that re-runs "
              "it.")] = None,
 ) -> None:

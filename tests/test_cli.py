@@ -98,6 +98,15 @@ def test_list_shows_plugins_and_datasets() -> None:
         assert name in proc.stdout
 
 
+def test_eval_help_shows_defaults_and_config_tables() -> None:
+    """Bracketed text in help is shown, not taken for rich markup and dropped."""
+    proc = serbench("eval", "--help")
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    assert proc.returncode == 0
+    assert "[default: synth]" in text and "[default: none]" in text
+    assert "[dataset_options], [attack_params] and [defense_params] tables" in text
+
+
 def test_eval_end_to_end_writes_a_report_and_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = serbench("eval", "--attack", "fedsgd", "--folds", "1", "--attack-param", "rounds=10",
