@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,11 +26,13 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.nn import functional as F
 
-from serbench.attacks.update_inversion import InputSpaceModel, backprop_basis, invert_log
+from serbench.attacks.update_inversion import InputSpaceModel, backprop_basis, invert, invert_log
 from serbench.context import Attack, EvalContext
 from serbench.deploy.federated import SERVER_ELSEWHERE, FLDeployment, FLRecipe, federate
 from serbench.errors import SerbenchError
-from serbench.fl.engine import FLConfig, UpdateLog, check_memory, predict
+from serbench.fl.clients import make_clients
+from serbench.fl.engine import (FLConfig, Params, UpdateLog, check_memory, predict,
+                                recorded_per_round)
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import fit_classifier, predict_proba
@@ -191,6 +193,13 @@ def add_inverted(run_log: UpdateLog, bases: dict[int, torch.Tensor]) -> None:
         run_log.layers[INVERTED[0]], run_log.layers[INVERTED[1]] = phi, psi
 
 
+def keep_inverted(update: Params, basis: torch.Tensor) -> Params:
+    """What the server stores of a first-layer update when the inversion is the only candidate:
+    :data:`INVERTED`, 4 x D numbers instead of 256 x D (an :attr:`FLRecipe.keep`)."""
+    phi, psi = invert(update["first.weight"][None], update["first.bias"][None], basis)
+    return {INVERTED[0]: phi[0], INVERTED[1]: psi[0]}
+
+
 class _TrainingSet(NamedTuple):
     """An attack model's training rows (:meth:`FLInferenceAttack._training_set`)."""
 
@@ -240,10 +249,18 @@ class FLInferenceAttack(Attack):
     #: held-out speakers of the training run, whose shared trajectory flatters the
     #: weight-space models (docs/design.md: on synth they were chosen and transferred worst).
     validation: str = "run"
+    #: ``model=auto`` leaves out the weight-space candidates (linear, cnn) when one shadow FL
+    #: run's recorded updates of the attacked layer take more than this many GiB: they need
+    #: every update whole in memory, the shadow's and the target's, while the inversion keeps
+    #: 4 x D numbers of each update, computed as it arrives (docs/performance.md). At the
+    #: default it keeps them on synth's 40 speakers, not on CREMA-D's 91; raise it where
+    #: memory allows.
+    weight_space_gib: float = 1.5
 
     MODELS: ClassVar[tuple[str, ...]] = ("auto", "cnn", "linear", "inversion")
     VALIDATIONS: ClassVar[tuple[str, ...]] = ("run", "same-run")
-    added_params: ClassVar[dict[str, str]] = {"validation": "same-run"}
+    #: (every run recorded before weight_space_gib existed fitted within its default)
+    added_params: ClassVar[dict[str, Any]] = {"validation": "same-run", "weight_space_gib": 1.5}
     _fitted: dict[str, _Fitted] = field(default_factory=dict, init=False, repr=False)
 
     def validate(self) -> None:
@@ -251,9 +268,11 @@ class FLInferenceAttack(Attack):
             raise SerbenchError(f"attack {self.name!r}: unknown layer {self.layer!r}; "
                                 f"valid layers: {', '.join(SERMLP.layer_names)}")
         if (self.rounds < 1 or not 0 < self.client_fraction <= 1 or self.input_pool < 1
-                or self.shadow_probe_every < 0 or self.shadow_runs < 1):
+                or self.shadow_probe_every < 0 or self.shadow_runs < 1
+                or not self.weight_space_gib > 0):
             raise SerbenchError(f"attack {self.name!r}: need rounds >= 1, 0 < client_fraction <= 1"
-                                f", input_pool >= 1, shadow_probe_every >= 0 and shadow_runs >= 1")
+                                f", input_pool >= 1, shadow_probe_every >= 0, shadow_runs >= 1 "
+                                f"and weight_space_gib > 0")
         if self.model not in self.MODELS:
             raise SerbenchError(f"attack {self.name!r}: unknown model {self.model!r}; "
                                 f"valid: {', '.join(self.MODELS)}")
@@ -287,12 +306,48 @@ class FLInferenceAttack(Attack):
     def recorded(self) -> tuple[str, str]:
         return f"{self.layer}.weight", f"{self.layer}.bias"
 
+    @property
+    def probe_rounds(self) -> range:
+        """The rounds in which the server computes every shadow client's update on its global
+        model (it knows the model, so it can), not just the sampled clients' ones."""
+        return (range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every
+                else range(0))
+
     def inverts(self, ctx: EvalContext) -> bool:
-        """Whether the inversion is a candidate: first layer only (deeper layers' inputs are
+        """Whether the inversion can be a candidate: first layer only (deeper layers' inputs are
         hidden activations, not shared features), and an engine whose server loop runs here."""
         return (self.layer == "first" and self.model in ("auto", "inversion")
                 and ctx.shadow is not None
                 and (self.model == "inversion" or ctx.engine not in SERVER_ELSEWHERE))
+
+    def weight_space_bytes(self, ctx: EvalContext) -> int:
+        """The attacked layer's recorded updates of one shadow FL run on every shadow speaker,
+        as float32: what the weight-space candidates hold whole (several times over)."""
+        shadow = ctx.shadow
+        d_in = shadow.features(ctx.features).shape[1]
+        with torch.device("meta"):
+            layer = SERMLP(d_in, self.fl_config(ctx).n_classes).state_dict()
+        clients = make_clients(shadow.table.reset_index(drop=True), shadow.clients_per_speaker,
+                               ctx.seed)
+        updates = sum(recorded_per_round(len(clients), self.fl_config(ctx), self.probe_rounds))
+        return updates * 4 * sum(layer[name].numel() for name in self.recorded)
+
+    def candidates(self, ctx: EvalContext) -> tuple[str, ...]:
+        """The attack models tried: ``model``, or for ``auto`` the weight-space ones where one
+        shadow run's updates fit :attr:`weight_space_gib` and the inversion where it can run."""
+        if self.model != "auto":
+            return (self.model,)
+        size = self.weight_space_bytes(ctx) if ctx.shadow is not None else 0
+        found = (("linear", "cnn") if size <= self.weight_space_gib * 2**30 else ()) + (
+            ("inversion",) if self.inverts(ctx) else ())
+        if not found:
+            raise SerbenchError(
+                f"attack {self.name!r}: one shadow run's {self.layer}-layer updates take "
+                f"{size / 2**30:.1f} GiB, more than weight_space_gib={self.weight_space_gib:g}, "
+                f"and only first-layer updates can be inverted; give --attack-param "
+                f"weight_space_gib={math.ceil(size / 2**30)} (memory allowing) or record fewer "
+                f"updates (--attack-param shadow_probe_every=16 or rounds=100)")
+        return found
 
     def reference_inputs(self, ctx: EvalContext) -> torch.Tensor:
         """The attacker's reference inputs for the backprop basis: a seeded sample of its shadow
@@ -304,18 +359,20 @@ class FLInferenceAttack(Attack):
     def recipe(self, ctx: EvalContext) -> FLRecipe:
         """The FL training the server runs, recording the attacked layer's updates (and, for
         the inversion, keeping each round's backprop basis of the global model it sends)."""
+        candidates = self.candidates(ctx)
         observe = (partial(backprop_basis, x_ref=self.reference_inputs(ctx))
-                   if self.inverts(ctx) else None)
+                   if "inversion" in candidates else None)
+        # The inversion alone: the server stores each update inverted as it arrives.
+        keep = keep_inverted if candidates == ("inversion",) else None
         return FLRecipe(self.fl_config(ctx), self.recorded, ctx.features,
-                        emotion_classes(ctx.target.table["emotion"]), observe=observe)
+                        emotion_classes(ctx.target.table["emotion"]), observe=observe, keep=keep)
 
     def fit(self, ctx: EvalContext) -> None:
         if ctx.shadow is None:
             raise SerbenchError(f"attack {self.name!r} needs shadow data: give --shadow")
         shadow = ctx.shadow
-        # The server knows each round's global model, so it can compute every shadow client's
-        # update on it (probing), not just the sampled clients' ones.
-        probe = range(0, self.rounds, self.shadow_probe_every) if self.shadow_probe_every else range(0)
+        tried = self.candidates(ctx)
+        weight = [name for name in tried if name != "inversion"]  # the weight-space ones
         # Validate on held-out shadow speakers (a third of each gender) so the attacker is
         # tuned, and its model chosen, for speakers it has never seen; with validation=run in
         # an FL run of their own, as the target's speakers are.
@@ -334,9 +391,9 @@ class FLInferenceAttack(Attack):
                 init_seed = shadow_run_seeds(ctx.seed, init_run)[1]
             deployed = federate(self.recipe(ctx), shadow, rows, ctx.shadow_defense,
                                 seed=run_seed, init_seed=init_seed, engine=ctx.engine,
-                                reporter=ctx.reporter, probe_rounds=probe,
+                                reporter=ctx.reporter, probe_rounds=self.probe_rounds,
                                 description=f"shadow {self.algorithm}{what} ({ctx.mode})")
-            if self.inverts(ctx):  # from the raw first-layer updates, dropped once copied
+            if "inversion" in tried:  # from the raw first-layer updates, dropped once copied
                 add_inverted(deployed.run.log, deployed.observed)
             return deployed.run.log
 
@@ -354,32 +411,36 @@ class FLInferenceAttack(Attack):
         log = shadow_run(0, trained, " selection run" if separate else "")
         # Train on the averages the attack will classify too (chunks of n of one client's
         # updates): a model that saw only single updates collapses on averaged ones.
-        data, stats = weight_space(log)
-        labels = torch.as_tensor(data.genders)
+        if weight:
+            data, stats = weight_space(log)
+            labels = torch.as_tensor(data.genders)
         if separate:  # the held-out speakers' run starts where the target's does
             check_log = shadow_run(self.shadow_runs, everyone[in_held], " validation run",
                                    init_run=0)
+        held_out = None
+        if weight and separate:
             check = weight_space(check_log, stats)[0]
             held_out = (check.inputs, torch.as_tensor(check.genders))
             fit_rows = slice(None)
-        else:
+        elif weight:
             val = torch.as_tensor(np.isin(data.speakers, held))
             held_out = ([t[val] for t in data.inputs], labels[val])
             fit_rows = ~val
-        for rows, what in ((labels[fit_rows], "training"),
-                           *([(held_out[1], "held-out")] if separate else [])):
-            if len(rows.unique()) < 2:
+        training = log.genders if separate else log.genders[~np.isin(log.speakers, held)]
+        for genders, what in ((training, "training"),
+                              *([(check_log.genders, "held-out")] if separate else [])):
+            if len(np.unique(genders)) < 2:
                 raise SerbenchError(
                     f"attack {self.name!r}: the shadow's {what} updates hold one gender only "
-                    f"({len(rows)} updates); record more of them (--attack-param "
+                    f"({len(genders)} updates); record more of them (--attack-param "
                     f"shadow_probe_every=N probes every shadow client each N rounds, or more "
                     f"rounds)")
         candidates: dict[str, nn.Module] = {}
         selection: dict[str, float] = {}
-        if self.model in ("auto", "linear"):
+        if "linear" in tried:
             candidates["linear"] = LinearUpdateModel().fit([data.flat[fit_rows]],
                                                            labels[fit_rows])
-        if self.model in ("auto", "cnn"):
+        if "cnn" in tried:
             model = UpdateAttackModel(data.inputs[1].shape[1], self.input_pool)
             if separate:
                 fit_x, val_x = model.prepare(*data.inputs), model.prepare(*held_out[0])
@@ -394,7 +455,7 @@ class FLInferenceAttack(Attack):
             del fit_x, val_x
         # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from
         # which the CNN is initialised, so the weight-space candidates stay as they were.
-        if self.inverts(ctx):
+        if "inversion" in tried:
             parts = [self._training_set(log, INVERTED)]
             for k in range(1, self.shadow_runs):  # more runs: other init and sampling
                 parts.append(self._training_set(shadow_run(k, trained, f" run {k + 1}"),
@@ -418,12 +479,18 @@ class FLInferenceAttack(Attack):
                                 predict_proba(m, m.prepare(*held_out[0])).argmax(1).numpy())
                       for name, m in candidates.items() if name not in selection}
         chosen = max(selection, key=selection.get)
+        left_out = "" if weight or self.model != "auto" else (
+            f"; weight-space models left out: one shadow run's updates take "
+            f"{self.weight_space_bytes(ctx) / 2**30:.1f} GiB > weight_space_gib="
+            f"{self.weight_space_gib:g}")
         ctx.reporter.log(f"{ctx.mode} attack model: {chosen} (held-out shadow UAR "
-                         + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + ")")
+                         + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + left_out
+                         + ")")
         model = candidates.get(chosen)
         del held_out, candidates
         if separate:  # trained again on runs of every shadow speaker, as same-run trains
-            del data, check
+            if weight:
+                del data, check
             if chosen == "linear":
                 data, stats = weight_space(shadow_run(0, everyone, " (all speakers)"))
             elif chosen == "inversion":  # not the validation run: its few clients take part
@@ -431,7 +498,7 @@ class FLInferenceAttack(Attack):
                 for k in range(self.shadow_runs):
                     log = shadow_run(k, everyone, f" run {k + 1} (all speakers)")
                     for name in self.recorded:  # only its inverted updates are needed
-                        del log.layers[name]
+                        log.layers.pop(name, None)
                     parts.append(self._training_set(log, INVERTED))
                 model = InputSpaceModel(*chosen_grid).fit(*_stacked(parts))
             # the CNN keeps its early-stopped fit on the selection run

@@ -211,3 +211,44 @@ def test_a_shadow_with_one_gender_of_updates_fails_in_one_line(tmp_path) -> None
     message = str(failure.value)
     assert "\n" not in message and "hold one gender only" in message
     assert "shadow_probe_every" in message
+
+
+def test_weight_space_models_are_left_out_where_their_updates_would_not_fit(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 (bounded memory at scale): ``model=auto`` drops the weight-space candidates when
+    one shadow run's first-layer updates exceed ``weight_space_gib``; the inversion alone then
+    stores each update inverted as it arrives, so no log holds a raw first-layer update."""
+    logs = []
+    real = fl_inference.federate
+
+    def federate(recipe, data, rows, defense, **kw):
+        deployed = real(recipe, data, rows, defense, **kw)
+        logs.append(set(deployed.run.log.layers))
+        return deployed
+
+    monkeypatch.setattr(fl_inference, "federate", federate)
+    # 8 rounds probed every 8th: 20 shadow speakers + 7 x 2 sampled = 34 updates of 1.01 MB
+    params = {"rounds": 8, "averaging": "1,all", "epochs": 1, "shadow_runs": 2}
+    small = {"weight_space_gib": 0.03}
+    result = run_eval(EvalConfig(attack="fedavg", folds=[1], attack_params=params | small),
+                      tmp_path / "run")
+    extras = result.modes[0].folds[1].extras
+    assert [k for k in extras if k.startswith("shadow held-out")] == [
+        "shadow held-out UAR (inversion)"]
+    assert logs and all(layers == set(fl_inference.INVERTED) for layers in logs)
+    assert single_update_leakage(result) > 0.5
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["attack_params"]["weight_space_gib"] == 0.03
+    logs.clear()  # the default keeps them on the default corpus
+    run_eval(EvalConfig(attack="fedavg", folds=[1], attack_params=params), tmp_path / "all")
+    assert any("first.weight" in layers for layers in logs)
+
+
+def test_no_model_left_to_try_is_a_one_line_error(tmp_path) -> None:
+    """A deeper layer cannot be inverted, so with its updates over the budget nothing is left."""
+    cfg = EvalConfig(attack="fedsgd", folds=[1], attack_params={
+        "rounds": 8, "layer": "second", "weight_space_gib": 0.001})
+    with pytest.raises(SerbenchError) as failure:
+        run_eval(cfg, tmp_path / "run")
+    message = str(failure.value)
+    assert "\n" not in message and "weight_space_gib=" in message

@@ -126,7 +126,8 @@ def test_batched_updates_do_not_depend_on_the_thread_count() -> None:
 
 def test_a_log_that_would_not_fit_in_memory_fails_early_with_one_line(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before any training: the size, and the option that reduces it, not an OOM kill."""
+    """Before the log is allocated (once the first update shows what is stored of each): the
+    size, and the option that reduces it, not an OOM kill."""
     x, y, clients = ragged()
     cfg = engine.FLConfig("fedsgd", rounds=40, client_fraction=0.5)
     per_update = 4 * (256 * x.shape[1] + 256)

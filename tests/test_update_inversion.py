@@ -109,3 +109,38 @@ def test_deployment_keeps_the_basis_of_each_rounds_global_model() -> None:
     assert sorted(deployed.observed) == list(range(4))
     for rnd in range(4):
         torch.testing.assert_close(deployed.observed[rnd], recorder.bases[rnd])
+
+
+def test_a_deployment_can_store_each_update_inverted_as_it_arrives() -> None:
+    """``FLRecipe.keep``: the server stores each first-layer update inverted with its round's
+    basis (4 x D numbers, not 256 x D) instead of the update; the same maps as inverting a
+    recording run's log afterwards."""
+    from functools import partial
+
+    from serbench.attacks.fl_inference import INVERTED, keep_inverted
+    from serbench.deploy.federated import FLRecipe, federate
+    from serbench.progress import NullReporter
+    from serbench.registry import load_plugin
+
+    data = load_corpus("synth", None)
+    classes = tuple(emotion_classes(data.table["emotion"]))
+    rows = np.flatnonzero(data.table["fold"] == 1)
+    x_ref = torch.tensor(data.features("emobase")[:50], dtype=torch.float32)
+    cfg = FLConfig("fedsgd", rounds=3, n_classes=len(classes))
+    observe = partial(backprop_basis, x_ref=x_ref)
+
+    def deploy(**keep):
+        return federate(FLRecipe(cfg, ("first.weight", "first.bias"), "emobase", classes,
+                                 observe=observe, **keep),
+                        data, rows, load_plugin("defense", "none")(), seed=3, init_seed=0,
+                        engine="inprocess", reporter=NullReporter(), description="test",
+                        probe_rounds=[1])
+    recorded, streamed = deploy(), deploy(keep=keep_inverted)
+    assert set(streamed.run.log.layers) == set(INVERTED)
+    assert streamed.run.log.layers[INVERTED[0]].shape[1:] == (len(classes), x_ref.shape[1])
+    log = recorded.run.log
+    phi, psi = invert_log(log.layers["first.weight"], log.layers["first.bias"], log.rounds,
+                          recorded.observed)
+    torch.testing.assert_close(streamed.run.log.layers[INVERTED[0]], phi)
+    torch.testing.assert_close(streamed.run.log.layers[INVERTED[1]], psi)
+    assert streamed.run.log.clients == log.clients

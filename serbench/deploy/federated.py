@@ -21,8 +21,8 @@ from serbench.plugins import Defense
 from serbench.progress import Reporter
 
 
-#: Engines whose server loop runs outside this process: no ``on_global`` hook, so no
-#: :attr:`FLRecipe.observe`.
+#: Engines whose server loop runs outside this process: no ``on_global`` or ``keep`` hook, so
+#: no :attr:`FLRecipe.observe` or :attr:`FLRecipe.keep`.
 SERVER_ELSEWHERE = frozenset({"flower-deployment"})
 
 
@@ -39,6 +39,10 @@ class FLRecipe:
     #: What the server keeps of each round's global model (a small function of it, e.g. an
     #: attack's inversion basis), in :attr:`FLDeployment.observed`; ``None``: nothing.
     observe: Callable[[Params], Any] | None = field(default=None, compare=False)
+    #: What the server stores of each recorded update, from the update and what ``observe``
+    #: kept of that round's global model (e.g. the inverted update instead of the update: a
+    #: log in the memory of its use); ``None``: the ``record``ed parameters.
+    keep: Callable[[Params, Any], Params] | None = field(default=None, compare=False)
 
 
 class Accounted(NamedTuple):
@@ -93,11 +97,13 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     init = init_params(x.shape[1], cfg, init_seed)
     observed: dict[int, Any] = {}
     hook = {}
+    if (recipe.observe or recipe.keep) and engine in SERVER_ELSEWHERE:
+        raise SerbenchError(f"engine {engine!r} runs the server in another process, so it "
+                            f"cannot show this process each round's global model and updates")
     if recipe.observe is not None:
-        if engine in SERVER_ELSEWHERE:
-            raise SerbenchError(f"engine {engine!r} runs the server in another process, so it "
-                                f"cannot show this process each round's global model")
         hook["on_global"] = lambda rnd, params: observed.__setitem__(rnd, recipe.observe(params))
+    if recipe.keep is not None:
+        hook["keep"] = lambda rnd, update: recipe.keep(update, observed.get(rnd))
     with reporter.track(description, cfg.rounds) as advance:
         run = get_engine(engine)(x, y, clients, cfg, seed, init=init, defense=defense,
                                  record=recipe.record, probe_rounds=probe_rounds,

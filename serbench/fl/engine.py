@@ -174,6 +174,13 @@ def predict(params: Params, x: torch.Tensor, cfg: FLConfig) -> np.ndarray:
         return functional_call(model, params, (x,)).argmax(1).numpy()
 
 
+#: What the server stores of one recorded update shared in round ``rnd``: ``keep(rnd, update)``
+#: returns the tensors to store, by name, e.g. a small function of the update that an attacker
+#: needs instead of the update itself (the memory of a log grows with every update). The
+#: default stores the ``record``ed parameters as they are.
+Keep = Callable[[int, Params], Params]
+
+
 #: The updates of clients ``ks`` (indices into the client list) in round ``rnd`` on the
 #: global ``params``, in the order of ``ks``: how an engine runs its clients.
 ClientUpdates = Callable[[Params, int, Sequence[int]], Sequence[Params]]
@@ -200,7 +207,8 @@ def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
                    init: Params | None = None, defense: Defense | None = None,
                    record: Sequence[str] = (), probe_rounds: Collection[int] = (),
                    on_round: Callable[[int], None] | None = None,
-                   on_global: Callable[[int, Params], None] | None = None) -> FLRun:
+                   on_global: Callable[[int, Params], None] | None = None,
+                   keep: Keep | None = None) -> FLRun:
     """Train the global model from ``init`` (default: initialised from ``seed``) with each
     round's updates from ``round_updates``; record the parameters named in ``record`` of every
     shared update.
@@ -219,7 +227,8 @@ def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
     params = init if init is not None else init_params(x.shape[1], cfg, seed)
     with single_thread():
         return federate(updates, params, clients, cfg, seed, record=record,
-                        probe_rounds=probe_rounds, on_round=on_round, on_global=on_global)
+                        probe_rounds=probe_rounds, on_round=on_round, on_global=on_global,
+                        keep=keep)
 
 
 def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: FLConfig,
@@ -261,6 +270,24 @@ def check_memory(nbytes: int, what: str, remedy: str) -> None:
                             f"available (keeping {MEMORY_MARGIN / 2**30:.0f} GiB free); {remedy}")
 
 
+def recorded_per_round(n_clients: int, cfg: FLConfig, probe_rounds: Collection[int]
+                       ) -> list[int]:
+    """How many updates the server records in each round: every client's in ``probe_rounds``,
+    the sampled clients' in the others."""
+    return [n_clients if r in probe_rounds else cfg.clients_per_round(n_clients)
+            for r in range(cfg.rounds)]
+
+
+def check_log_memory(total: int, example: Params) -> None:
+    """:func:`check_memory` for a log of ``total`` updates stored like ``example``."""
+    per_update = 4 * sum(t.numel() for t in example.values())  # float32
+    check_memory(total * per_update,
+                 f"recording {total} FL updates of {per_update / 2**20:.2f} MiB "
+                 f"({', '.join(example)})",
+                 "record fewer: fewer rounds or probe rounds, e.g. --attack-param "
+                 "shadow_probe_every=16 or --attack-param rounds=100")
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Run client updates on one thread: the result then does not depend on the machine's
@@ -277,26 +304,23 @@ def single_thread() -> Iterator[None]:
 def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], cfg: FLConfig,
              seed: int, *, record: Sequence[str] = (), probe_rounds: Collection[int] = (),
              on_round: Callable[[int], None] | None = None,
-             on_global: Callable[[int, Params], None] | None = None) -> FLRun:
+             on_global: Callable[[int, Params], None] | None = None,
+             keep: Keep | None = None) -> FLRun:
     """The honest-but-curious server's loop, shared by every engine: sample the round's
-    clients, collect their ``updates``, record them, aggregate the sampled ones.
+    clients, collect their ``updates``, record them (``keep``: what of each is stored; default
+    the ``record``ed parameters), aggregate the sampled ones.
 
     ``on_global(rnd, params)`` sees each round's global model before its clients train (what
     the server sends; e.g. an attacker keeping a small function of it). It must not modify
     ``params``."""
     per_round = cfg.clients_per_round(len(clients))
     probe_rounds = set(probe_rounds)
-    sizes = [len(clients) if r in probe_rounds else per_round for r in range(cfg.rounds)]
+    sizes = recorded_per_round(len(clients), cfg, probe_rounds)
     total = sum(sizes)
-    per_update = 4 * sum(params[k].numel() for k in record)  # float32
-    check_memory(total * per_update,
-                 f"recording {total} FL updates of {per_update / 2**20:.2f} MiB "
-                 f"({', '.join(record)})",
-                 "record fewer: fewer rounds or probe rounds, e.g. --attack-param "
-                 "shadow_probe_every=16 or --attack-param rounds=100")
+    if keep is None:
+        keep = lambda rnd, update: {k: update[k] for k in record}  # noqa: E731
     log = UpdateLog(np.repeat(np.arange(cfg.rounds), sizes), [], [],
-                    np.zeros(total, dtype=np.int64),
-                    {k: torch.empty((total, *params[k].shape)) for k in record})
+                    np.zeros(total, dtype=np.int64))
     sampled = schedule(len(clients), per_round, cfg.rounds, seed)
     row = 0
     for rnd in range(cfg.rounds):
@@ -310,8 +334,12 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
             log.clients.append(c.cid)
             log.speakers.append(c.speaker)
             log.genders[row] = int(c.gender == "M")
-            for name in record:
-                log.layers[name][row] = update[name]
+            stored = keep(rnd, update)
+            if row == 0 and stored:  # the log's size is known from the first update
+                check_log_memory(total, stored)
+                log.layers = {name: torch.empty((total, *v.shape)) for name, v in stored.items()}
+            for name, value in stored.items():
+                log.layers[name][row] = value
             row += 1
         params = aggregate(params, [shared[k] for k in chosen],
                            [clients[k].n_train for k in chosen], cfg)

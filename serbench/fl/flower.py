@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from serbench.fl.clients import Client
-from serbench.fl.engine import FLConfig, FLRun, Params
+from serbench.fl.engine import FLConfig, FLRun, Keep, Params
 from serbench.fl.flower_apps import client_app, make_job, serve, write_partition
 from serbench.plugins import Defense
 
@@ -42,7 +42,8 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
                   seed: int, *, init: Params | None = None, defense: Defense | None = None,
                   record: Sequence[str] = (), probe_rounds: Collection[int] = (),
                   on_round: Callable[[int], None] | None = None,
-                  on_global: Callable[[int, Params], None] | None = None) -> FLRun:
+                  on_global: Callable[[int, Params], None] | None = None,
+                  keep: Keep | None = None) -> FLRun:
     """:func:`serbench.fl.engine.run_federated` on Flower's simulation engine."""
     result: list[FLRun] = []
     with tempfile.TemporaryDirectory(prefix="serbench-flower-") as tmp:
@@ -54,7 +55,7 @@ def run_federated(x: np.ndarray, y: np.ndarray, clients: Sequence[Client], cfg: 
 
         @server.main()
         def main(grid: Grid, context: Context) -> None:
-            result.append(serve(grid, job, on_round, on_global))
+            result.append(serve(grid, job, on_round, on_global, keep))
 
         flwr_log = logging.getLogger("flwr")
         level = flwr_log.level

@@ -32,7 +32,8 @@ import torch
 
 from serbench.errors import SerbenchError
 from serbench.fl.clients import Client
-from serbench.fl.engine import FLConfig, FLRun, Params, federate, init_params, local_update
+from serbench.fl.engine import (FLConfig, FLRun, Keep, Params, federate, init_params,
+                                local_update)
 from serbench.plugins import Defense
 from serbench.seeds import client_seed
 
@@ -245,7 +246,8 @@ def _place(grid: Grid, job: FlowerJob) -> list[tuple[int, np.ndarray]]:
 
 
 def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = None,
-          on_global: Callable[[int, Params], None] | None = None) -> FLRun:
+          on_global: Callable[[int, Params], None] | None = None,
+          keep: Keep | None = None) -> FLRun:
     """The ServerApp's work for both engines: place clients, then run
     :func:`serbench.fl.engine.federate` with each round's clients trained over ``grid``."""
     placement = _place(grid, job)
@@ -265,7 +267,8 @@ def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = N
         return [dict(replies[label].content["update"].to_torch_state_dict()) for label in messages]
 
     return federate(updates, job.init, job.clients, job.cfg, job.seed, record=job.record,
-                    probe_rounds=job.probe_rounds, on_round=on_round, on_global=on_global)
+                    probe_rounds=job.probe_rounds, on_round=on_round, on_global=on_global,
+                    keep=keep)
 
 
 server_app = ServerApp()
