@@ -64,12 +64,19 @@ class InputAttack(Attack, ABC):
     #: randomised defense (SPEC §3.3).
     averages_randomness: ClassVar[bool] = False
 
+    #: The L∞ budget, in T's input units (z-scored log-mel).
     eps: float = 0.05
+    #: T's model family (e.g. vgg, resnet, lstm).
     target: str = "vgg"
+    #: T's width: "cpu" (scaled to run here) or "paper".
     size: str = "cpu"
+    #: Log-mel frames per utterance (cropped or padded).
     frames: int = 200
+    #: Training epochs of T, once per fold (its clean emotion UAR is the utility).
     target_epochs: int = 20
+    #: T's learning rate (Adam).
     lr: float = 1e-3
+    #: Utterances attacked at once.
     batch_size: int = 128
 
     def validate(self) -> None:
@@ -184,7 +191,9 @@ class PGDAttack(InputAttack):
     name: ClassVar[str] = "pgd"
     summary: ClassVar[str] = "PGD: iterated L∞ steps from a random start on T's input (robust UAR)"
 
+    #: Projected signed-gradient steps, each of 2.5·eps/steps.
     steps: int = 10
+    #: Start from a uniform draw in the ball (Madry et al.), not the clean input.
     random_start: bool = True
 
     def validate(self) -> None:
@@ -206,6 +215,7 @@ class EOTPGDAttack(PGDAttack):
                               "input transformations (scores randomised defenses)")
     averages_randomness: ClassVar[bool] = True
 
+    #: Draws of the defense's randomisation averaged in every gradient.
     eot_samples: int = 10
 
     def validate(self) -> None:

@@ -126,12 +126,19 @@ class AutoAttackAttack(InputAttack):
     #: attacks T alone and the deployed randomisation is applied afterwards.
     averages_randomness: ClassVar[bool] = True
 
+    #: "auto": "rand" when the simulated defense randomises the input, else "standard".
     version: str = "auto"
+    #: Iterations of each APGD run (the reference: 100).
     iterations: int = 20
+    #: Restarts of each APGD run (the reference: 1).
     restarts: int = 1
+    #: Queries of the Square attack (the reference: 5000; 0 leaves it out).
     square_queries: int = 200
+    #: Draws averaged per model call in the rand version (the reference: 20).
     eot_samples: int = 10
+    #: Keep EOT-PGD's input where AutoAttack breaks nothing.
     fallback: bool = True
+    #: Steps of that EOT-PGD fallback.
     steps: int = 10
 
     def validate(self) -> None:

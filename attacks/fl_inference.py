@@ -232,13 +232,23 @@ class FLInferenceAttack(Attack):
     algorithm: ClassVar[str]
     shadow_trains_with_defense: ClassVar[bool] = True  # the shadow FL clients train defended
 
+    #: The layer whose updates the attacker reads: first, second or last.
     layer: str = "first"
+    #: FL rounds of the target's and the shadow's runs (the reference: 200).
     rounds: int = 200
+    #: Share of the clients sampled each round.
     client_fraction: float = 0.1
+    #: Sizes n of the per-client averages of n consecutive updates attacked ("all": every
+    #: update of a client).
     averaging: str = "1,5,10,all"
+    #: The attack model: auto (the best on held-out shadow speakers), cnn, linear or inversion.
     model: str = "auto"
+    #: The CNN candidate's pooling of the update's input-feature axis.
     input_pool: int = 8
+    #: Training epochs of the CNN candidate (early-stopped on held-out shadow speakers).
     epochs: int = 12
+    #: Every Nth round the server computes every shadow client's update on its global model
+    #: (0: only the sampled clients').
     shadow_probe_every: int = 8
     #: Shadow FL runs for the inversion candidate: the first starts from the server's
     #: initialisation (the weight-space models need its alignment), the others from other

@@ -196,20 +196,29 @@ class InterceptAttack(Attack):
     default_features: ClassVar[str] = "logmel"
     feature_kinds: ClassVar[tuple[str, ...]] = ("sequence",)
 
+    #: T's model family (e.g. vgg, resnet, lstm).
     target: str = "vgg"
+    #: T's width: "cpu" (scaled to run here) or "paper".
     size: str = "cpu"
     #: T's transmitted layer; "auto": the first pooling layer (the paper's), lstm1 for an LSTM.
     layer: str = "auto"
+    #: The CNN family of the s2/s3 attackers' own models.
     other: str = "resnet"
+    #: The attacker knowledge scenarios run (docs/intercept.md).
     scenarios: str = "worst,s1,s2,s3,s4"
+    #: Attacker types: generic (gender only) and application-aware (gender and emotion).
     attackers: str = "generic,aware"
+    #: Analyses written to the run directory (layers, emotions, features, improvised).
     analyses: str = ""
+    #: The scenarios the analyses run for.
     analysis_scenarios: str = "worst,s1"
+    #: Log-mel frames per utterance (cropped or padded).
     frames: int = 200
     #: Training epochs of T (trained once per fold: its emotion UAR is the reported utility).
     target_epochs: int = 20
     #: Training epochs of every attacker (ten per fold by default).
     epochs: int = 12
+    #: Learning rate (Adam) of T and the attackers.
     lr: float = 1e-3
     #: Processes that train the attackers (0: one per CPU). Results do not depend on it.
     workers: int = 0
@@ -221,6 +230,7 @@ class InterceptAttack(Attack):
     #: ``epochs``), until ``patience`` epochs (0: half of ``epochs``) bring no better score on
     #: the held-out speakers.
     max_epochs: int = 0
+    #: See max_epochs.
     patience: int = 0
     #: ``worst`` = the candidate scoring best on the held-out speakers among every scenario's
     #: attacker of its type run with it (the full-knowledge attacker may use any of them);

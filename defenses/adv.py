@@ -39,11 +39,16 @@ class AdversarialTraining(Defense):
     randomized: ClassVar[bool] = True
     trains: ClassVar[bool] = True
 
-    method: str = "fgsm"  # the reference repo's configured training attack
+    #: The training attack, fgsm or pgd (the reference repo's configured one: fgsm).
+    method: str = "fgsm"
+    #: Its L∞ budget, in the model's input units.
     eps: float = 0.05
-    steps: int = 5  # the reference's PGD max_iter
+    #: PGD's steps (the reference's max_iter).
+    steps: int = 5
+    #: The largest relative enlargement of the test-time random resize-and-pad.
     resize: float = 0.02
-    draws: int = 3  # the reference averages three randomised evaluations
+    #: Randomised evaluations averaged per prediction (the reference: three).
+    draws: int = 3
 
     def validate(self) -> None:
         if self.method not in METHODS:

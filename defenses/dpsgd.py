@@ -115,9 +115,13 @@ class DPSGD(Defense):
     surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE, Surface.REPRESENTATION})
     trains: ClassVar[bool] = True
 
+    #: The sample-level ε of each model's training (docs/dpsgd.md).
     epsilon: float | None = 10.0
+    #: The noise's std over the clip, instead of epsilon (ε is then accounted for it).
     noise_multiplier: float | None = None
+    #: The L2 norm each example's gradient is clipped to.
     max_grad_norm: float = 1.0
+    #: δ of the (ε, δ) guarantee.
     delta: float = 1e-5
     #: FL (set by calibrate): the noise multiplier and the participations it is accounted for.
     _fl: tuple[float, int] | None = field(default=None, init=False, repr=False)

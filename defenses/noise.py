@@ -22,7 +22,10 @@ class NoiseInjection(Defense):
     #: T trains with this noise on the transmitted layer (SPEC §4's noise-aware training).
     noise_aware: ClassVar[bool] = True
 
+    #: The noise's standard deviation (give sigma or snr_db).
     sigma: float | None = 0.01
+    #: Or its level in dB below the RMS of the tensor it is added to (a batch of transmitted
+    #: representations, or one parameter's update).
     snr_db: float | None = None
 
     def validate(self) -> None:

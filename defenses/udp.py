@@ -43,9 +43,13 @@ class UserLevelDP(Defense):
     surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE})
     randomized: ClassVar[bool] = True
 
+    #: The user-level ε against the server, for the run's client schedule (docs/udp.md).
     epsilon: float | None = 10.0
+    #: z, the noise's std over the clip, instead of epsilon (ε is then accounted for it).
     noise_multiplier: float | None = None
+    #: C, the L2 norm each client update is clipped to.
     clip: float = 1.0
+    #: δ of the (ε, δ) guarantee.
     delta: float = 1e-5
     #: z for the recipe of the last :meth:`calibrate` (what the clients' noise uses).
     _z: float | None = field(default=None, init=False, repr=False)

@@ -67,8 +67,11 @@ class ReferenceUDP(Defense):
     randomized: ClassVar[bool] = True
     trains: ClassVar[bool] = True
 
-    epsilon: float = 10.0  #: nominal
+    #: The nominal ε of the reference's formula (not a DP guarantee: docs/udp.md).
+    epsilon: float = 10.0
+    #: C, the batch-gradient clip before Adam.
     clip: float = 0.25
+    #: δ of the reference's formula.
     delta: float = 0.5
     #: (rounds, sample_rate) of the last :meth:`calibrate`.
     _recipe: tuple[int, float] | None = field(default=None, init=False, repr=False)

@@ -166,21 +166,35 @@ def check_defense_cmd(
 @app.command("list")
 def list_cmd(
     what: Annotated[Optional[str], typer.Argument(
-        help="attacks, defenses, datasets or features (default: all).")] = None,
+        help="attacks, defenses, datasets or features (default: all), or an attack's or a "
+             "defense's name: its parameters.")] = None,
 ) -> None:
-    """List the available attacks, defenses, datasets and feature sets."""
+    """List the available attacks, defenses, datasets and feature sets, or one plugin's
+    parameters (`serbench list fedavg`)."""
     from serbench.corpora import CORPORA
     from serbench.features.extractors import FEATURES
     from serbench.registry import available
 
+    plugins = {"attacks": available("attack"), "defenses": available("defense")}
     sections = {
-        "attacks": {n: c.summary for n, c in available("attack").items()},
-        "defenses": {n: c.summary for n, c in available("defense").items()},
+        "attacks": {n: c.summary for n, c in plugins["attacks"].items()},
+        "defenses": {n: c.summary for n, c in plugins["defenses"].items()},
         "datasets": {n: c.summary for n, c in CORPORA.items()},
         "features": {n: s.summary for n, s in FEATURES.items()},
     }
+    named = {**plugins["defenses"], **plugins["attacks"]}
+    if what in named:
+        plugin = named[what]
+        table = Table(title=f"{plugin.kind} {what}: {plugin.summary}", title_justify="left")
+        for column in ("parameter", "default", "what it sets"):
+            table.add_column(column)
+        for name, default, doc in plugin.parameters():
+            table.add_row(f"[bold]{name}[/]", escape(repr(default)), escape(doc))
+        console.print(table)
+        return
     if what is not None and what not in sections:
-        raise SerbenchError(f"unknown list {what!r}; valid: {', '.join(sections)}")
+        raise SerbenchError(f"unknown list {what!r}; valid: {', '.join(sections)}, or an attack "
+                            f"or defense: {', '.join(sorted(named))}")
     for name, rows in sections.items():
         if what in (None, name):
             table = Table(title=name, title_justify="left", show_header=False)

@@ -9,7 +9,10 @@ A researcher adds one in a single file (see docs/) and selects it by name (Pytho
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, ClassVar, Self, get_type_hints
@@ -67,6 +70,24 @@ class Plugin:
             kwargs[key] = coerce(value, hints[key], f"{cls.kind} {cls.name!r} parameter {key!r}")
         return cls(**kwargs)
 
+    @classmethod
+    def parameters(cls) -> list[tuple[str, Any, str]]:
+        """Each parameter's name, default and documentation (its ``#:`` comment in the class
+        body, where the source can be read): what ``serbench list NAME`` shows."""
+        docs: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):  # a subclass's comment wins
+            try:
+                lines, _ = inspect.getsourcelines(klass)
+            except (OSError, TypeError):
+                continue
+            body = ast.parse(textwrap.dedent("".join(lines))).body[0]
+            for node in getattr(body, "body", []):
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    docs[node.target.id] = _field_comment(lines, node.lineno - 1)
+        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+                    for f in dataclasses.fields(cls) if f.init}
+        return [(name, value, docs.get(name, "")) for name, value in defaults.items()]
+
     def params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.parameter_names()}
 
@@ -75,6 +96,18 @@ class Plugin:
         """The parameters a run recorded, completed with the :attr:`added_params` it predates
         (so that re-running or comparing an older run does not take a newer default)."""
         return {**cls.added_params, **params}
+
+
+def _field_comment(lines: list[str], at: int) -> str:
+    """The ``#:`` comment of the assignment on ``lines[at]``: the lines just above it, or one
+    at the end of the line."""
+    above = []
+    row = at - 1
+    while row >= 0 and lines[row].strip().startswith("#:"):
+        above.insert(0, lines[row].strip()[2:].strip())
+        row -= 1
+    _, sep, inline = lines[at].partition("#:")
+    return " ".join(above) if above else inline.strip() if sep else ""
 
 
 @dataclasses.dataclass

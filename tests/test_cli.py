@@ -117,3 +117,12 @@ def test_eval_end_to_end_writes_a_report_and_results(tmp_path: Path) -> None:
     for name in ("config.json", "environment.json", "metrics.csv", "predictions.csv",
                  "summary.json"):
         assert (out / name).is_file()
+
+
+def test_list_a_plugin_shows_its_parameters_defaults_and_meaning() -> None:
+    proc = serbench("list", "fedavg")
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    assert proc.returncode == 0
+    assert "shadow_probe_every 8" in text and "weight_space_gib 1.5" in text
+    assert "held-out shadow speakers" in text  # the parameter's own documentation
+    assert_one_line_error(serbench("list", "fedavgg"), "fedavgg", "fedavg")
