@@ -2,17 +2,20 @@
 
 Runs ``serbench eval --attack ATTACK --defense none --dataset-option speakers=N --folds 1``
 for each N, one after another, each in its own process, and prints its wall time, peak
-resident memory (the child's own ``ru_maxrss``) and exit status; a run that would not fit fails
-with serbench's one-line memory error, which is printed. The synth corpora are generated and
+resident memory (the child's own ``ru_maxrss``), its gender UAR from single updates (fold 1,
+which attack strength the memory bought) and exit status; a run that would not fit fails with
+serbench's one-line memory error, which is printed. The synth corpora are generated and
 their features extracted first (untimed), so the table compares the runs themselves.
 
     python benchmarks/scale.py                       # speakers 40, 90, 180
     python benchmarks/scale.py --speakers 40 90 180 400 --attack fedsgd
+    python benchmarks/scale.py --speakers 90 --attack-param weight_space_gib=4
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -35,12 +38,21 @@ def run(args: list[str], log: Path) -> tuple[float, float, int, str]:
     return wall, usage.ru_maxrss / 2**20, child.returncode, lines[-1] if lines else ""
 
 
+def single_update_uar(out: Path) -> str:
+    """The run's gender UAR from single updates (its one fold), as printed."""
+    with open(out / "metrics.csv", newline="") as f:
+        return f"{float(next(csv.DictReader(f))['gender@n=1.uar']):.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speakers", type=int, nargs="+", default=[40, 90, 180])
     parser.add_argument("--attack", default="fedavg", choices=["fedavg", "fedsgd"])
+    parser.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed on to every timed run (repeatable)")
     args = parser.parse_args()
-    print("| speakers | wall | peak RSS | result |\n|---:|---:|---:|---|")
+    extra = [a for p in args.attack_param for a in ("--attack-param", p)]
+    print("| speakers | wall | peak RSS | gender UAR n=1 | result |\n|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(args.speakers):
             common = ["--dataset-option", f"speakers={n}", "--folds", "1"]
@@ -49,11 +61,12 @@ def main() -> None:
                             *common, "--attack-param", "rounds=1", "--attack-param",
                             "shadow_runs=1", "--out", str(Path(tmp) / f"warm{n}")],
                            capture_output=True, check=False)
+            out = Path(tmp) / f"run{n}"
             wall, peak, code, last = run(["eval", "--attack", args.attack, "--defense", "none",
-                                          *common, "--out", str(Path(tmp) / f"run{n}")],
+                                          *common, *extra, "--out", str(out)],
                                          Path(tmp) / f"run{n}.log")
-            result = "ok" if code == 0 else last
-            print(f"| {n} | {wall:.0f} s | {peak:.1f} GiB | {result} |", flush=True)
+            result, leakage = ("ok", single_update_uar(out)) if code == 0 else (last, "")
+            print(f"| {n} | {wall:.0f} s | {peak:.1f} GiB | {leakage} | {result} |", flush=True)
 
 
 if __name__ == "__main__":
