@@ -67,19 +67,27 @@ def assert_same_run(a: engine.FLRun, b: engine.FLRun) -> None:
 @pytest.mark.slow
 def test_simulation_matches_in_process_engine() -> None:
     """Same seed: the same clients each round and bit-identical updates, round 1 included
-    (a probe round, so every client's), with a defense from a file shipped to the clients."""
+    (a probe round, so every client's), with a defense from a file shipped to the clients;
+    the server stores what the run's ``keep`` makes of each update on both engines."""
     from serbench.fl.flower import run_federated
     from serbench.registry import load_plugin
 
     defense = load_plugin("defense", f"{Path(__file__).with_name('noisy_defense.py')}:Noisy")()
     x, y, clients = tiny(6)
     cfg = engine.FLConfig("fedavg", rounds=3, client_fraction=0.5)
-    kwargs = dict(record=["first.weight", "first.bias"], probe_rounds={0}, defense=defense)
+    def keep(rnd: int, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"first.weight": update["first.weight"], "first.bias": update["first.bias"],
+                "round": torch.tensor([rnd], dtype=torch.float32)}
+
+    kwargs = dict(record=["first.weight", "first.bias"], probe_rounds={0}, defense=defense,
+                  keep=keep)
     rounds = []
     flower = run_federated(x, y, clients, cfg, 5, on_round=rounds.append, **kwargs)
     reference = in_process(x, y, clients, cfg, 5, **kwargs)
     assert rounds == [1, 1, 1]
     assert (reference.log.rounds == 0).sum() == len(clients)
+    assert torch.equal(flower.log.layers["round"][:, 0],
+                       torch.as_tensor(flower.log.rounds, dtype=torch.float32))
     assert_same_run(reference, flower)
     # With torch's default threads the in-process run differs in the last bits; the metrics
     # after this short run agree within 0.02 UAR (they are usually equal).
