@@ -446,23 +446,52 @@ def test_a_family_swept_at_one_seed_is_compared_with_none_at_that_seed() -> None
         assert fold["seed"] == 0 and fold["uar"] == folds[0, fold["fold"]]
 
 
+def test_committed_synth_update_baseline_is_attacked_at_least_as_hard_as_defended_ones() -> None:
+    """Issue 15 (attacker adequacy): on the committed synth update track, the undefended
+    entry's worst case (at the entry's seeds) is at least every defended entry's adaptive
+    leakage less its CI half-width; an attacker weaker against ``none`` than against a defense
+    would make every defense look better than it is."""
+    from serbench.leaderboard.entry import load_entries
+    from serbench.leaderboard.views import boards
+
+    entries, rejected = load_entries(REPO / "leaderboards")
+    assert not rejected
+    rows = [r for r in boards([e for e in entries if e.data["corpus"] == "synth"
+                               and e.data["surface"] == "update"])["synth/update"].rows if r.data["defense"]["name"] != "none"]
+    assert rows
+    for row in rows:
+        assert row.baseline is not None, row.data["name"]
+        for attack, modes in row.data["results"].items():
+            for measure, r in modes.get("adaptive", {}).items():
+                if measure.startswith("gender"):
+                    half = (r["ci"][1] - r["ci"][0]) / 2
+                    assert row.baseline.worst["uar"] >= r["uar"] - half, (
+                        row.data["name"], attack, measure, r["uar"], row.baseline.worst["uar"])
+
+
 def test_an_attack_parameter_added_later_keeps_older_entries_comparable() -> None:
-    """An entry made before an attack parameter existed (``validation``: its runs record none)
-    is under the same protocol as one made with the value that reproduces the old behaviour,
-    and under another one than an entry made with the new default."""
+    """An entry made before an attack parameter existed (its runs record none) is under the
+    same protocol as one made with the value that reproduces the old behaviour, and under
+    another one than an entry made with a different value: ``validation`` (older runs chose
+    their model on the training run) and ``weight_space_gib`` (older runs fitted within 1.5)."""
     from serbench.leaderboard.families import protocol_key
 
-    old = json.loads((REPO / "leaderboards" / "ravdess" / "update" / "none.json").read_text())
-    assert not any("validation" in r["config"]["attack_params"] for r in old["runs"])
+    entry = json.loads((REPO / "leaderboards" / "ravdess" / "update" / "none.json").read_text())
 
-    def made_with(validation: str) -> dict:
-        new = copy.deepcopy(old)
+    def made_with(**params: object) -> dict:
+        new = copy.deepcopy(entry)
         for run in new["runs"]:
-            run["config"]["attack_params"]["validation"] = validation
+            recorded = run["config"]["attack_params"]
+            for name in ("validation", "weight_space_gib"):
+                recorded.pop(name, None)
+            recorded.update(params)
         return new
 
-    assert protocol_key(made_with("same-run")) == protocol_key(old)
-    assert protocol_key(made_with("run")) != protocol_key(old)
+    old = made_with()
+    assert protocol_key(made_with(validation="same-run")) == protocol_key(old)
+    assert protocol_key(made_with(validation="run")) != protocol_key(old)
+    assert protocol_key(made_with(weight_space_gib=1.5)) == protocol_key(old)
+    assert protocol_key(made_with(weight_space_gib=4.0)) != protocol_key(old)
 
 
 #: The DP trial entries: (name, defense, parameters), each made like the guide's quick trial.
