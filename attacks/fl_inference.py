@@ -402,7 +402,8 @@ class FLInferenceAttack(Attack):
             deployed = federate(self.recipe(ctx), shadow, rows, ctx.shadow_defense,
                                 seed=run_seed, init_seed=init_seed, engine=ctx.engine,
                                 reporter=ctx.reporter, probe_rounds=self.probe_rounds,
-                                description=f"shadow {self.algorithm}{what} ({ctx.mode})")
+                                description=f"shadow {self.algorithm}{what} ({ctx.mode})",
+                                partial=True)
             if "inversion" in tried:  # from the raw first-layer updates, dropped once copied
                 add_inverted(deployed.run.log, deployed.observed)
             return deployed.run.log

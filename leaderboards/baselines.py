@@ -57,10 +57,11 @@ class Sweep:
 #: to utility at chance (10: the noise dwarfs both an update and T's activations), and the
 #: training attack's L∞ budget for adversarial training (the input attacks use 0.05). On the
 #: update track noise stops at σ = 2: at 10 FedSGD's global model diverges to inf (synth: after
-#: round 131 of the adaptive shadow run; RAVDESS too), and at 3 so does the adaptive attacker's
+#: round 131 of the adaptive shadow run; RAVDESS too), and at 3 so did the adaptive attacker's
 #: selection run on synth (13 shadow clients, one a round, where the target's runs aggregate
-#: two: FedSGD, round 31), while utility is low already (σ = 1: FedAvg emotion UAR 0.31 on
-#: synth, 0.32 on RAVDESS; chance 0.25).
+#: two: FedSGD, round 31; before a diverging shadow run kept its updates until then), while
+#: utility is low already (σ = 1: FedAvg emotion UAR 0.31 on synth, 0.32 on RAVDESS; chance
+#: 0.25).
 SWEEPS: dict[str, Sweep] = {
     "udp": Sweep("epsilon", "eps", (1, 10, 100, 1000), ("update",)),
     "udp-ref": Sweep("epsilon", "eps", (10, 25, 50), ("update",)),

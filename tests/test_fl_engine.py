@@ -158,3 +158,31 @@ def test_a_diverging_run_stops_with_one_line() -> None:
     message = str(failure.value)
     assert "\n" not in message and message.startswith("FL training diverged: the global model "
                                                       "is not finite after round ")
+    # What an attacker's simulation keeps of it: the updates until then, all finite.
+    run = failure.value.run
+    assert 0 < len(run.log) == len(run.log.clients) and run.log.rounds.max() < cfg.rounds - 1
+    assert torch.isfinite(run.log.layers["first.weight"]).all()
+    assert all(torch.isfinite(v).all() for v in run.params.values())
+
+
+def test_a_simulation_that_diverges_keeps_its_updates_until_then() -> None:
+    """``partial``: an attacker's shadow run that diverges by chance under a noisy defense ends
+    there with what it recorded (the target's run, which it imitates, still fails)."""
+    from serbench.deploy.federated import FLRecipe, federate
+    from serbench.metrics import emotion_classes
+    from serbench.progress import NullReporter
+    from serbench.protocol import load_corpus
+
+    data = load_corpus("synth", None)
+    classes = tuple(emotion_classes(data.table["emotion"]))
+    rows = np.flatnonzero(data.table["fold"] == 1)
+    recipe = FLRecipe(engine.FLConfig("fedsgd", rounds=20, n_classes=len(classes)),
+                      ("first.bias",), "emobase", classes)
+    noise = load_plugin("defense", "noise").from_params({"sigma": "1e30"})
+    run = dict(seed=0, init_seed=0, engine="inprocess", reporter=NullReporter(),
+               description="shadow")
+    with pytest.raises(SerbenchError, match="diverged"):
+        federate(recipe, data, rows, noise, **run)
+    deployed = federate(recipe, data, rows, noise, partial=True, **run)
+    assert 0 < len(deployed.run.log) < 20 * len(rows)
+    assert torch.isfinite(deployed.run.log.layers["first.bias"]).all()

@@ -15,7 +15,7 @@ from serbench.corpora.data import CorpusData
 from serbench.errors import SerbenchError
 from serbench.fl import get_engine
 from serbench.fl.clients import make_clients, most_participations, schedule
-from serbench.fl.engine import FLConfig, FLRun, Params, init_params
+from serbench.fl.engine import Diverged, FLConfig, FLRun, Params, init_params
 from serbench.metrics import emotion_labels
 from serbench.plugins import Defense
 from serbench.progress import Reporter
@@ -72,7 +72,7 @@ class FLDeployment:
 
 def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defense, *,
              seed: int, init_seed: int, engine: str, reporter: Reporter, description: str,
-             probe_rounds: Collection[int] = ()) -> FLDeployment:
+             probe_rounds: Collection[int] = (), partial: bool = False) -> FLDeployment:
     """Train ``recipe``'s FL model on ``data``'s ``rows`` with ``defense`` on every client.
 
     The server initialises the global model from ``init_seed`` (the attacker shadows from the
@@ -80,6 +80,8 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     recorded (an attacker simulating shadow clients), so they count as participations too.
     Labels outside the target's classes (a shadow corpus's own) are dealt over its outputs.
     The defense is calibrated for this run on a copy, so the caller's instance never changes.
+    With ``partial`` (an attacker's simulation, never the deployment it imitates) a run that
+    diverges ends there, with the updates recorded until then, instead of failing.
     """
     defense = copy.deepcopy(defense)
     table = data.table.iloc[rows].reset_index(drop=True)
@@ -105,8 +107,15 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     if recipe.keep is not None:
         hook["keep"] = lambda rnd, update: recipe.keep(update, observed.get(rnd))
     with reporter.track(description, cfg.rounds) as advance:
-        run = get_engine(engine)(x, y, clients, cfg, seed, init=init, defense=defense,
-                                 record=recipe.record, probe_rounds=probe_rounds,
-                                 on_round=advance, **hook)
+        try:
+            run = get_engine(engine)(x, y, clients, cfg, seed, init=init, defense=defense,
+                                     record=recipe.record, probe_rounds=probe_rounds,
+                                     on_round=advance, **hook)
+        except Diverged as diverged:
+            if not partial:
+                raise
+            run = diverged.run
+            reporter.log(f"{description}: {diverged}; its {len(run.log)} updates until then "
+                         f"are used")
     return FLDeployment(run, accounted, defense.privacy(**accounted._asdict()),
                         defense.accounting(**accounted._asdict()), observed=observed)

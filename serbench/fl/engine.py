@@ -161,11 +161,26 @@ class UpdateLog:
     def __len__(self) -> int:
         return len(self.rounds)
 
+    def head(self, rows: int) -> UpdateLog:
+        """The first ``rows`` updates (views, not copies)."""
+        return UpdateLog(self.rounds[:rows], self.clients[:rows], self.speakers[:rows],
+                         self.genders[:rows], {k: v[:rows] for k, v in self.layers.items()})
+
 
 @dataclass
 class FLRun:
     params: Params
     log: UpdateLog
+
+
+class Diverged(SerbenchError):
+    """FL training diverged (a one-line error); :attr:`run` holds the last finite global model
+    and the updates recorded up to then, for a caller that can use them (an attacker's
+    simulation, not the deployment it imitates)."""
+
+    def __init__(self, message: str, run: FLRun) -> None:
+        super().__init__(message)
+        self.run = run
 
 
 def predict(params: Params, x: torch.Tensor, cfg: FLConfig) -> np.ndarray:
@@ -270,6 +285,12 @@ def check_memory(nbytes: int, what: str, remedy: str) -> None:
                             f"available (keeping {MEMORY_MARGIN / 2**30:.0f} GiB free); {remedy}")
 
 
+def finite_rows(log: UpdateLog, rows: int) -> int:
+    """How many of the log's first ``rows`` updates come before its first non-finite one."""
+    bad = [torch.nonzero(~torch.isfinite(v[:rows].flatten(1)).all(1)) for v in log.layers.values()]
+    return min([rows, *(int(b[0, 0]) for b in bad if len(b))])
+
+
 def recorded_per_round(n_clients: int, cfg: FLConfig, probe_rounds: Collection[int]
                        ) -> list[int]:
     """How many updates the server records in each round: every client's in ``probe_rounds``,
@@ -324,6 +345,7 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
     sampled = schedule(len(clients), per_round, cfg.rounds, seed)
     row = 0
     for rnd in range(cfg.rounds):
+        round_start = row
         chosen = [int(k) for k in sampled[rnd]]
         ks = range(len(clients)) if rnd in probe_rounds else chosen
         if on_global:
@@ -341,14 +363,15 @@ def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], 
             for name, value in stored.items():
                 log.layers[name][row] = value
             row += 1
-        params = aggregate(params, [shared[k] for k in chosen],
-                           [clients[k].n_train for k in chosen], cfg)
-        if not all(torch.isfinite(v).all() for v in params.values()):
+        stepped = aggregate(params, [shared[k] for k in chosen],
+                            [clients[k].n_train for k in chosen], cfg)
+        if not all(torch.isfinite(v).all() for v in stepped.values()):
             # Every later update, and any statistic of them, would be inf or NaN.
-            raise SerbenchError(
+            raise Diverged(
                 f"FL training diverged: the global model is not finite after round {rnd + 1} "
                 f"of {cfg.rounds} ({cfg.algorithm}): the defense adds more noise than this "
-                f"recipe can train through")
+                f"recipe can train through", FLRun(params, log.head(finite_rows(log, round_start))))
+        params = stepped
         if on_round:
             on_round(1)
     return FLRun(params, log)
