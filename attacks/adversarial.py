@@ -39,7 +39,7 @@ from serbench.seeds import stable_seed
 def randomises_input(defense: Defense) -> bool:
     """Whether the defense draws a random transformation of the model input (SPEC §3.3: such a
     defense is scored only against EOT-PGD)."""
-    return defense.randomized and Surface.INPUT in defense.surfaces
+    return defense.tags.randomized and Surface.INPUT in defense.surfaces
 
 
 class Schedule(NamedTuple):

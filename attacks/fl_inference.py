@@ -35,7 +35,7 @@ from serbench.fl.engine import (FLConfig, Params, UpdateLog, check_memory, predi
                                 recorded_per_round)
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
-from serbench.models.train import fit_classifier, predict_proba
+from serbench.models.train import Validation, fit_classifier, predict_proba
 from serbench.plugins import Surface
 from serbench.results import FoldResult
 from serbench.scoring import uar
@@ -460,8 +460,8 @@ class FLInferenceAttack(Attack):
                 fit_x, val_x = [t[~val] for t in images], [t[val] for t in images]
             with ctx.reporter.track(f"attack CNN on {self.layer}-layer updates", self.epochs) as adv:
                 candidates["cnn"] = fit_classifier(
-                    model, fit_x, labels[fit_rows], val=(val_x, held_out[1]),
-                    epochs=self.epochs, lr=1e-3, weight_decay=1e-4, patience=3, seed=ctx.seed,
+                    model, fit_x, labels[fit_rows], val=Validation(val_x, held_out[1], patience=3),
+                    epochs=self.epochs, lr=1e-3, weight_decay=1e-4, seed=ctx.seed,
                     advance=adv)
             del fit_x, val_x
         # The inversion after the CNN: its extra shadow runs reseed torch's global RNG, from

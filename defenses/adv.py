@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from serbench.errors import SerbenchError
 from serbench.adversarial import Model, evaluating, linf_perturb
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Surface, Tags
 
 METHODS = ("fgsm", "pgd")
 
@@ -35,9 +35,8 @@ class AdversarialTraining(Defense):
     name: ClassVar[str] = "adv"
     summary: ClassVar[str] = ("adversarial training (FGSM/PGD copies of half of each batch) and "
                               "random resize-and-pad of the input at test time")
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.INPUT})
-    randomized: ClassVar[bool] = True
-    trains: ClassVar[bool] = True
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.INPUT}, randomized=True, trains=True,
+                                input_draws="draws", strength=(("eps", "eps"),))
 
     #: The training attack, fgsm or pgd (the reference repo's configured one: fgsm).
     method: str = "fgsm"
@@ -63,11 +62,6 @@ class AdversarialTraining(Defense):
                                 f"= up to 2% larger), got {self.resize}")
         if self.draws < 1:
             raise SerbenchError(f"defense 'adv': draws must be an integer >= 1, got {self.draws}")
-
-    @property
-    def input_draws(self) -> int:
-        """How many draws of :meth:`transform_input` one deployed prediction averages."""
-        return self.draws
 
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, *,
                 generator: torch.Generator) -> torch.Tensor:

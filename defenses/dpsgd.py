@@ -24,6 +24,7 @@ Accounting (docs/dpsgd.md):
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,7 +43,7 @@ from torch.utils.data import DataLoader
 from serbench.dp import (check_dp_parameters, participations as participation_bound, rdp_epsilon,
                          rdp_noise_multiplier)
 from serbench.errors import SerbenchError
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Guarantee, Private, Surface, Tags
 
 
 #: PyTorch warns when Opacus' backward hook on the first layer fires although its input needs
@@ -112,8 +113,8 @@ class DPSGD(Defense):
     name: ClassVar[str] = "dpsgd"
     summary: ClassVar[str] = ("sample-level DP-SGD (Opacus): per-example clipping and Gaussian "
                               "noise in FL clients' and T's training (ε via RDP)")
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE, Surface.REPRESENTATION})
-    trains: ClassVar[bool] = True
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE, Surface.REPRESENTATION}, trains=True,
+                                strength=(("epsilon", "ε"), ("noise_multiplier", "z")))
 
     #: The sample-level ε of each model's training (docs/dpsgd.md).
     epsilon: float | None = 10.0
@@ -123,10 +124,8 @@ class DPSGD(Defense):
     max_grad_norm: float = 1.0
     #: δ of the (ε, δ) guarantee.
     delta: float = 1e-5
-    #: FL (set by calibrate): the noise multiplier and the participations it is accounted for.
-    _fl: tuple[float, int] | None = field(default=None, init=False, repr=False)
-    #: The last training's noise multiplier and accountant.
-    _trained: tuple[float, RDPAccountant] | None = field(default=None, init=False, repr=False)
+    #: FL (set by calibrate on the run's copy): the clients' noise multiplier.
+    _fl_z: float | None = field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
         check_dp_parameters(self.name, self.epsilon, self.noise_multiplier, self.delta)
@@ -135,38 +134,28 @@ class DPSGD(Defense):
                                 f"got {self.max_grad_norm}")
 
     def calibrate(self, *, rounds: int, sample_rate: float,
-                  participations: int | None = None) -> None:
-        """Switch to FL accounting for this recipe: half of δ bounds the chance of more than P
+                  participations: int | None = None) -> Guarantee:
+        """Switch this copy to FL accounting for the recipe and return every client's (ε, δ)
+        over the run (see the module docstring): half of δ bounds the chance of more than P
         participations, the other half is the accountant's; given ε, Opacus finds z for P.
         (The schedule's own ``participations`` are not used yet: the bound covers them.)"""
         steps = participation_bound(rounds, sample_rate, self.delta / 2)
         z = self.noise_multiplier
         if z is None:
             z = rdp_noise_multiplier(self.epsilon, self.delta / 2, 1.0, steps)
-        self._fl = (z, steps)
-
-    def privacy(self, *, rounds: int, sample_rate: float,
-                participations: int | None = None) -> dict[str, float]:
-        """Every client's (ε, δ) over the FL run (see the module docstring)."""
-        self.calibrate(rounds=rounds, sample_rate=sample_rate)
-        z, steps = self._fl
-        return {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta / 2), "delta": self.delta,
-                "noise_multiplier": z, "participations": float(steps)}
-
-    def accounting(self, *, rounds: int, sample_rate: float,
-                   participations: int | None = None) -> dict[str, str | float]:
-        """:meth:`privacy` with its context in words (the module docstring in short)."""
-        return self.privacy(rounds=rounds, sample_rate=sample_rate) | {
+        self._fl_z = z
+        numbers = {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta / 2), "delta": self.delta,
+                   "noise_multiplier": z, "participations": float(steps)}
+        return Guarantee(numbers, {
             "accountant": "rdp", "clip": self.max_grad_norm, "rounds": float(rounds),
             "sample_rate": sample_rate,
             "sampling": "one DP-SGD step on a client's whole local set per participation; "
                         "participations bounded at δ/2 (Binomial), no amplification",
             "neighbouring_relation": "sample-level (one utterance) add/remove",
-            "epsilon_against": "the server"}
+            "epsilon_against": "the server"})
 
     def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
-                     loader: DataLoader, *, epochs: int, generator: torch.Generator
-                     ) -> tuple[nn.Module, Optimizer, nn.Module, DataLoader]:
+                     loader: DataLoader, *, epochs: int, generator: torch.Generator) -> Private:
         """Opacus' ``make_private`` in ghost-clipping mode (per-example clipping without
         per-example gradients, Gaussian noise, Poisson sampling), the noise drawn from
         ``generator``; the returned criterion's ``backward()`` runs Opacus' two passes. In FL,
@@ -180,11 +169,11 @@ class DPSGD(Defense):
             raise SerbenchError(f"defense 'dpsgd': Opacus cannot train {type(model).__name__} "
                                 f"with per-example gradients: {problems[0]}"
                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        if self._fl is not None:
+        if self._fl_z is not None:
             if epochs != 1:
                 raise SerbenchError(f"defense 'dpsgd': FL accounting covers one local epoch "
                                     f"per round; got {epochs}")
-            z = self._fl[0]
+            z = self._fl_z
             loader = DataLoader(loader.dataset, batch_size=len(loader.dataset),
                                 generator=loader.generator)
         elif self.noise_multiplier is not None:
@@ -200,24 +189,18 @@ class DPSGD(Defense):
                 module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
                 noise_multiplier=z, max_grad_norm=self.max_grad_norm, noise_generator=generator,
                 grad_sample_mode="ghost")
-        self._trained = (z, engine.accountant)
-        return (_HooksWhileTraining(gsm), optimizer,
-                _DPLoss(gsm, optimizer, criterion.criterion, criterion.loss_reduction), loader)
+        return Private(_HooksWhileTraining(gsm), optimizer,
+                       _DPLoss(gsm, optimizer, criterion.criterion, criterion.loss_reduction),
+                       loader, partial(self._spent, z, engine.accountant))
 
-    def training_privacy(self) -> dict[str, float]:
-        """(ε, δ) of the steps the last wrapped training took, by its accountant."""
-        if self._trained is None:
-            return {}
-        z, accountant = self._trained
-        return {"epsilon": float(accountant.get_epsilon(self.delta)), "delta": self.delta,
-                "noise_multiplier": z}
-
-    def training_accounting(self) -> dict[str, str | float]:
-        """:meth:`training_privacy` with its context in words (the module docstring in short)."""
-        privacy = self.training_privacy()
-        return privacy and privacy | {
+    def _spent(self, z: float, accountant: RDPAccountant) -> Guarantee:
+        """(ε, δ) of the steps a wrapped training has taken, by its accountant, with the
+        context in words (the module docstring in short)."""
+        numbers = {"epsilon": float(accountant.get_epsilon(self.delta)), "delta": self.delta,
+                   "noise_multiplier": z}
+        return Guarantee(numbers, {
             "accountant": "rdp (Opacus' own, over the optimizer steps taken)",
             "clip": self.max_grad_norm,
             "sampling": "Poisson-sampled batches (rate batch/n)",
             "neighbouring_relation": "sample-level (one utterance) add/remove",
-            "epsilon_against": "anyone who sees T or what it transmits"}
+            "epsilon_against": "anyone who sees T or what it transmits"})

@@ -10,17 +10,17 @@ from typing import ClassVar
 import torch
 
 from serbench.errors import SerbenchError
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Surface, Tags
 
 
 @dataclass
 class NoiseInjection(Defense):
     name: ClassVar[str] = "noise"
     summary: ClassVar[str] = "Gaussian noise on the transmitted representation or shared update (σ or SNR)"
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.REPRESENTATION, Surface.UPDATE})
-    randomized: ClassVar[bool] = True
     #: T trains with this noise on the transmitted layer (SPEC §4's noise-aware training).
-    noise_aware: ClassVar[bool] = True
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.REPRESENTATION, Surface.UPDATE},
+                                randomized=True, noise_aware=True,
+                                strength=(("sigma", "σ"), ("snr_db", "SNR dB")))
 
     #: The noise's standard deviation (give sigma or snr_db).
     sigma: float | None = 0.01

@@ -22,7 +22,7 @@ import torch
 
 from serbench.dp import SERVER_SAMPLING, check_dp_parameters, rdp_epsilon, rdp_noise_multiplier
 from serbench.errors import SerbenchError
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Guarantee, Surface, Tags
 
 
 def server_steps(rounds: int, participations: int | None) -> int:
@@ -40,8 +40,8 @@ class UserLevelDP(Defense):
     name: ClassVar[str] = "udp"
     summary: ClassVar[str] = ("user-level DP: clip each client update to C, add Gaussian noise "
                               "(ε against the server, Opacus RDP)")
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE})
-    randomized: ClassVar[bool] = True
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE}, randomized=True,
+                                strength=(("epsilon", "ε"), ("noise_multiplier", "z")))
 
     #: The user-level ε against the server, for the run's client schedule (docs/udp.md).
     epsilon: float | None = 10.0
@@ -69,10 +69,12 @@ class UserLevelDP(Defense):
                                     server_steps(rounds, participations))
 
     def calibrate(self, *, rounds: int, sample_rate: float,
-                  participations: int | None = None) -> None:
-        """Set the clients' z for this FL run (see :meth:`noise_for`); ``sample_rate`` plays no
-        part in it, since the headline ε takes no amplification."""
+                  participations: int | None = None) -> Guarantee:
+        """Set the clients' z for this FL run (see :meth:`noise_for`; ``sample_rate`` plays no
+        part in it, since the headline ε takes no amplification) and return its guarantee."""
         self._z = self.noise_for(rounds=rounds, participations=participations)
+        return self.guarantee(rounds=rounds, sample_rate=sample_rate,
+                              participations=participations)
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -86,23 +88,19 @@ class UserLevelDP(Defense):
         return {k: u * scale + std * torch.randn(u.shape, generator=generator)
                 for k, u in update.items()}
 
-    def privacy(self, *, rounds: int, sample_rate: float,
-                participations: int | None = None) -> dict[str, float]:
-        """Every client's (ε, δ) against the server over the FL run, the amplified ε against an
-        outside observer beside it, and the numbers they were accounted from."""
+    def guarantee(self, *, rounds: int, sample_rate: float,
+                  participations: int | None = None) -> Guarantee:
+        """Every client's (ε, δ) against the server over an FL run of this recipe, the amplified
+        ε against an outside observer beside it, the numbers they were accounted from, and the
+        accounting context in words. A pure function of the parameters and the recipe."""
         z = self.noise_for(rounds=rounds, participations=participations)
         steps = server_steps(rounds, participations)
-        return {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta),
-                "epsilon_outside_observer": rdp_epsilon(z, sample_rate, rounds, self.delta),
-                "delta": self.delta, "noise_multiplier": z, "clip": self.clip,
-                "rounds": float(rounds), "sample_rate": sample_rate,
-                "participations": float(steps)}
-
-    def accounting(self, *, rounds: int, sample_rate: float,
-                   participations: int | None = None) -> dict[str, str | float]:
-        """:meth:`privacy` with the accounting context in words, for the run and the entry."""
-        return self.privacy(rounds=rounds, sample_rate=sample_rate,
-                            participations=participations) | {
+        numbers = {"epsilon": rdp_epsilon(z, 1.0, steps, self.delta),
+                   "epsilon_outside_observer": rdp_epsilon(z, sample_rate, rounds, self.delta),
+                   "delta": self.delta, "noise_multiplier": z, "clip": self.clip,
+                   "rounds": float(rounds), "sample_rate": sample_rate,
+                   "participations": float(steps)}
+        return Guarantee(numbers, {
             "accountant": "rdp",
             "accountant_implementation": "opacus compute_rdp/get_privacy_spent",
             "sampling": SERVER_SAMPLING,
@@ -115,4 +113,4 @@ class UserLevelDP(Defense):
             "participations_from": ("the run's seeded schedule (most participations of any "
                                     "client)" if participations is not None else
                                     "upper bound: every round"),
-        }
+        })

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from serbench.dp import SERVER_SAMPLING
 from serbench.errors import SerbenchError
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Guarantee, Private, Surface, Tags
 
 
 def reference_sigma(*, clip: float, m: int, sample_rate: float, rounds: int, delta: float,
@@ -63,9 +63,8 @@ class ReferenceUDP(Defense):
     name: ClassVar[str] = "udp-ref"
     summary: ClassVar[str] = ("fed-ser-leakage's UDP noise: batch-gradient clip before Adam, "
                               "σ = 2C/m·√(2qT ln(1/δ))/ε on the update (nominal ε; not DP)")
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE})
-    randomized: ClassVar[bool] = True
-    trains: ClassVar[bool] = True
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE}, randomized=True, trains=True,
+                                strength=(("epsilon", "nominal ε"),))
 
     #: The nominal ε of the reference's formula (not a DP guarantee: docs/udp.md).
     epsilon: float = 10.0
@@ -93,20 +92,31 @@ class ReferenceUDP(Defense):
                                delta=self.delta, epsilon=self.epsilon)
 
     def calibrate(self, *, rounds: int, sample_rate: float,
-                  participations: int | None = None) -> None:
-        """Keep the recipe σ needs (q, T). ``participations`` plays no part: the reference's
-        formula has q·T in their place."""
+                  participations: int | None = None) -> Guarantee:
+        """Keep the recipe σ needs (q, T), and return the nominal parameters: no ``epsilon``,
+        since no DP guarantee holds. ``participations`` plays no part: the reference's formula
+        has q·T in their place. ``sigma_times_m`` is σ·m (a client of m utterances gets σ =
+        sigma_times_m / m)."""
         self._recipe = (rounds, sample_rate)
+        numbers = {"nominal_epsilon": self.epsilon, "nominal_delta": self.delta,
+                   "clip": self.clip, "rounds": float(rounds), "sample_rate": sample_rate,
+                   "sigma_times_m": self.sigma(m=1, rounds=rounds, sample_rate=sample_rate)}
+        return Guarantee(numbers, {
+            "accountant": "none (nominal: the reference's closed form)",
+            "sampling": SERVER_SAMPLING,
+            "neighbouring_relation": "one record, as the reference claims (sensitivity 2C/m); "
+                                     "not a valid bound: the clip precedes Adam",
+            "epsilon_against": "nobody: not a DP guarantee",
+        })
 
     def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
-                     loader: DataLoader, *, epochs: int, generator: torch.Generator
-                     ) -> tuple[nn.Module, Optimizer, nn.Module, DataLoader]:
+                     loader: DataLoader, *, epochs: int, generator: torch.Generator) -> Private:
         """Record m (the utterances this training sees over its epochs) and make every
         ``optimizer.step()`` clip the gradient first, as the reference's local trainer does."""
         self._m = len(loader.dataset) * epochs
         clip = self.clip
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: clip_gradients(opt, clip))
-        return model, optimizer, criterion, loader
+        return Private(model, optimizer, criterion, loader)
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -117,22 +127,3 @@ class ReferenceUDP(Defense):
         std = self.sigma(m=self._m, rounds=rounds, sample_rate=sample_rate)
         return {k: u + std * torch.randn(u.shape, generator=generator)
                 for k, u in update.items()}
-
-    def privacy(self, *, rounds: int, sample_rate: float,
-                participations: int | None = None) -> dict[str, float]:
-        """The nominal parameters only: no ``epsilon``, since no DP guarantee holds.
-        ``sigma_times_m`` is σ·m (a client of m utterances gets σ = sigma_times_m / m)."""
-        return {"nominal_epsilon": self.epsilon, "nominal_delta": self.delta, "clip": self.clip,
-                "rounds": float(rounds), "sample_rate": sample_rate,
-                "sigma_times_m": self.sigma(m=1, rounds=rounds, sample_rate=sample_rate)}
-
-    def accounting(self, *, rounds: int, sample_rate: float,
-                   participations: int | None = None) -> dict[str, str | float]:
-        """:meth:`privacy` with the context in words: a nominal value, not an accounting."""
-        return self.privacy(rounds=rounds, sample_rate=sample_rate) | {
-            "accountant": "none (nominal: the reference's closed form)",
-            "sampling": SERVER_SAMPLING,
-            "neighbouring_relation": "one record, as the reference claims (sensitivity 2C/m); "
-                                     "not a valid bound: the clip precedes Adam",
-            "epsilon_against": "nobody: not a DP guarantee",
-        }

@@ -13,9 +13,9 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Any, ClassVar, Self, get_type_hints
+from typing import Any, ClassVar, NamedTuple, Self, get_type_hints
 
 import torch
 from torch import nn
@@ -110,54 +110,109 @@ def _field_comment(lines: list[str], at: int) -> str:
     return " ".join(above) if above else inline.strip() if sep else ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Tags:
+    """Everything a defense declares about what it does: the one record that ``check-defense``,
+    the runner (which attack modes run) and the leaderboard (families, strength axes) consult,
+    in the spirit of scikit-learn's estimator tags. ``check-defense`` and the runner refuse a
+    defense whose hooks do more than its tags say (:func:`serbench.testing.undeclared`)."""
+
+    #: Where it acts: each surface's hook may be overridden only where it is declared.
+    surfaces: frozenset[Surface] = frozenset()
+    #: A hook draws random numbers at test time: scored only by attacks that average over that
+    #: randomness (EOT, SPEC §3.3). A hook whose output varies with its generator must say so.
+    randomized: bool = False
+    #: It changes how models are trained (T, and each FL client's local training): trainers
+    #: then call :meth:`Defense.make_private` and :meth:`Defense.training_batch`.
+    trains: bool = False
+    #: T trains with :meth:`Defense.transform_representation` at the transmitted layer
+    #: (noise-aware training, SPEC §4).
+    noise_aware: bool = False
+    #: Draws of :meth:`Defense.transform_input` one deployed prediction averages: a number, or
+    #: the name of the parameter that holds it.
+    input_draws: int | str = 1
+    #: The parameters that set its strength, in order of preference, each with the symbol that
+    #: labels it (a family's axis on the leaderboard is the first one an entry sets).
+    strength: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "surfaces", frozenset(Surface(s) for s in self.surfaces))
+
+
+@dataclasses.dataclass(frozen=True)
+class Guarantee:
+    """A formal guarantee, returned by the call that establishes it (:meth:`Defense.calibrate`
+    for an FL run, ``spent`` of :meth:`Defense.make_private` for a training), never kept on
+    the defense, so no call depends on the order of another. ``numbers`` (``epsilon``,
+    ``delta``, ...) are scored and shown; ``context`` says what they mean (accountant, clip,
+    against whom); runs and entries record both."""
+
+    numbers: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def accounting(self) -> dict[str, Any]:
+        """The numbers with their context, as runs and entries record them."""
+        return {**self.numbers, **self.context} if self.numbers else {}
+
+
+class Private(NamedTuple):
+    """What :meth:`Defense.make_private` returns: Opacus' four wrapped objects, and ``spent``,
+    the guarantee of the steps the wrapped training has taken when it is called."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    criterion: nn.Module
+    loader: DataLoader
+    spent: Callable[[], Guarantee] = Guarantee
+
+
+#: The hooks that act on each surface, or on training (``trains``): a defense may override a
+#: hook only where its tags declare it.
+HOOKS: dict[str, Surface | str] = {
+    "privatize_update": Surface.UPDATE,
+    "transform_representation": Surface.REPRESENTATION,
+    "transform_input": Surface.INPUT,
+    "make_private": "trains",
+    "training_batch": "trains",
+}
+
+
 @dataclasses.dataclass
 class Defense(Plugin):
-    """A defense acts on one or more :class:`Surface` s; every hook defaults to "do nothing".
+    """A defense acts where its :class:`Tags` say; every hook defaults to "do nothing".
 
     A defense that does not touch an attack's surface is still evaluated against it (SPEC §4).
-    Defenses are public: adaptive attackers (SPEC §5) apply the same instance in their shadow
-    training, so hooks must depend only on the parameters and the generator they are given.
+    Defenses are public: adaptive attackers (SPEC §5) apply a copy of the same instance in
+    their shadow training, and every deployment works on its own copy, so hooks depend only on
+    the parameters, what :meth:`calibrate` set for the run, and the generator they are given.
     """
 
     kind: ClassVar[str] = "defense"
-    surfaces: ClassVar[frozenset[Surface]] = frozenset()
-    #: Randomised defenses are scored only against attacks that average over their randomness.
-    randomized: ClassVar[bool] = False
-    #: The defense changes how models are trained (T, and each FL client's local training):
-    #: trainers then call :meth:`make_private` and :meth:`training_batch`.
-    trains: ClassVar[bool] = False
-    #: T trains with :meth:`transform_representation` applied at the transmitted layer
-    #: (noise-aware training, SPEC §4): declared, so wrapping the method changes nothing.
-    noise_aware: ClassVar[bool] = False
+    tags: ClassVar[Tags] = Tags()
+
+    @property
+    def surfaces(self) -> frozenset[Surface]:
+        return self.tags.surfaces
 
     @property
     def input_draws(self) -> int:
         """How many draws of :meth:`transform_input` one deployed prediction averages."""
-        return 1
+        draws = self.tags.input_draws
+        return int(getattr(self, draws)) if isinstance(draws, str) else draws
 
     def calibrate(self, *, rounds: int, sample_rate: float,
-                  participations: int | None = None) -> None:
-        """Called before every FL run with its recipe, for defenses whose noise depends on it
-        (UDP turns a target ε into a noise multiplier). ``participations``: the most rounds
-        any client takes part in under the run's seeded schedule, which the server knows
-        (``None``: unknown; assume every round)."""
+                  participations: int | None = None) -> Guarantee:
+        """Called on the run's own copy before every FL run with its recipe: set what the
+        clients' hooks need (UDP turns a target ε into a noise multiplier) and return the
+        run's guarantee against the server, which picked the clients (no sampling
+        amplification). ``participations``: the most rounds any client takes part in under the
+        run's seeded schedule, which the server knows (``None``: unknown; every round)."""
+        return Guarantee()
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:
         """UPDATE surface: transform a client's update before it is shared with the server."""
         return update
-
-    def privacy(self, *, rounds: int, sample_rate: float,
-                participations: int | None = None) -> dict[str, float]:
-        """Formal guarantees of the FL run (e.g. ``{"epsilon": ..., "delta": ...}``), if any,
-        against the server (which picked the clients: no sampling amplification)."""
-        return {}
-
-    def accounting(self, *, rounds: int, sample_rate: float,
-                   participations: int | None = None) -> dict[str, Any]:
-        """:meth:`privacy` with its accounting context (accountant, δ, rounds, sampling scheme,
-        neighbouring relation, clip, ...), recorded in the run and the leaderboard entry."""
-        return {}
 
     def transform_representation(self, h: torch.Tensor, *,
                                  generator: torch.Generator) -> torch.Tensor:
@@ -169,26 +224,16 @@ class Defense(Plugin):
         return x
 
     def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
-                     loader: DataLoader, *, epochs: int, generator: torch.Generator
-                     ) -> tuple[nn.Module, Optimizer, nn.Module, DataLoader]:
-        """Training (``trains``): wrap a trainer's model, optimizer, loss function and data
-        loader before it trains, in the shape of Opacus' ``PrivacyEngine.make_private``; the
-        trainer then computes ``criterion(model(x), y).backward()``. ``criterion`` has a
-        ``reduction`` attribute (a per-example loss with ``"none"``). Called once per
-        training."""
-        return model, optimizer, criterion, loader
+                     loader: DataLoader, *, epochs: int, generator: torch.Generator) -> Private:
+        """Training (``tags.trains``): wrap a trainer's model, optimizer, loss function and data
+        loader before it trains, in the shape of Opacus' ``PrivacyEngine.make_private``, with
+        ``spent``, the guarantee of the steps taken. The trainer then computes
+        ``criterion(model(x), y).backward()``. ``criterion`` has a ``reduction`` attribute (a
+        per-example loss with ``"none"``). Called once per training."""
+        return Private(model, optimizer, criterion, loader)
 
     def training_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int,
                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training (``trains``): the batch ``model`` trains on at ``step`` (the epoch of a
+        """Training (``tags.trains``): the batch ``model`` trains on at ``step`` (the epoch of a
         central training, the round of an FL client's), e.g. with adversarial copies added."""
         return x, y
-
-    def training_privacy(self) -> dict[str, float]:
-        """Formal guarantees of the last training :meth:`make_private` wrapped, if any."""
-        return {}
-
-    def training_accounting(self) -> dict[str, Any]:
-        """:meth:`training_privacy` with its accounting context, recorded in the run and the
-        leaderboard entry."""
-        return {}

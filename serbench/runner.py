@@ -27,6 +27,7 @@ from serbench.report import write_markdown
 from serbench.results import FoldResult, ModeResult, RunDir, RunResult, environment, \
     write_content_hash, write_csv, write_json
 from serbench.scoring import measure_name, pooled, spread
+from serbench.testing import contract_problems
 from serbench.threads import fixed_threads
 
 
@@ -75,7 +76,8 @@ def attack_modes(attack: Attack, defense: Defense) -> list[str]:
     adaptive attacker simulates nothing the non-adaptive one lacks, so the run attacks once
     (as for ``none``): e.g. ``udp`` against intercept, ``adv`` against intercept or ``dpsgd``
     against the input attacks, whose attackers read the deployed T itself."""
-    if attack.surface in defense.surfaces or (defense.trains and attack.shadow_trains_with_defense):
+    if attack.surface in defense.surfaces or (defense.tags.trains
+                                              and attack.shadow_trains_with_defense):
         return ["non-adaptive", "adaptive"]
     return ["non-adaptive"]
 
@@ -85,6 +87,9 @@ def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
     get_engine(cfg.engine)  # an unknown engine fails before any work
     attack = load_plugin("attack", cfg.attack).from_params(cfg.attack_params)
     defense = load_plugin("defense", cfg.defense).from_params(cfg.defense_params)
+    if problems := contract_problems(defense):  # it would escape the modes its tags choose
+        raise SerbenchError(f"defense {defense.name!r} does more than it declares: "
+                            f"{'; '.join(problems)} (see `serbench check-defense`)")
     features = cfg.features or attack.default_features
     if feature_spec(features).kind not in attack.feature_kinds:
         raise SerbenchError(f"attack {attack.name!r} needs {' or '.join(attack.feature_kinds)} "

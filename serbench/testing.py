@@ -2,8 +2,10 @@
 
 ``serbench check-defense FILE.py:Class`` (or :func:`check_defense` in a test) runs each check on
 the defense at its defaults and reports one line per failure. The checks are what the benchmark
-relies on: parameters that round-trip (runs and entries record them), transforms that keep
-shapes and dtypes, randomness drawn only from the given generator (same seed, same numbers;
+relies on: a defense does what its tags declare and no more (a hook of an undeclared surface
+would escape the adaptive attacker; a transform that varies with its generator escapes the
+non-EOT attacks' rules unless it is ``randomized``), parameters that round-trip (runs and
+entries record them), transforms that keep shapes and dtypes, randomness drawn only from the given generator (same seed, same numbers;
 no global RNG touched), a defense that pickles (the Flower engines ship it to clients), and
 one-line errors for bad parameters.
 """
@@ -21,7 +23,11 @@ import torch
 
 from serbench.errors import SerbenchError
 from serbench.defenses.none import NoDefense
-from serbench.plugins import Defense, Surface
+from serbench.plugins import HOOKS, Defense, Surface
+
+#: What the contract declares in :class:`serbench.plugins.Tags`, and no longer as class
+#: attributes of its own (a defense written for the older contract).
+TAG_NAMES = ("surfaces", "randomized", "trains", "noise_aware", "input_draws")
 
 
 @dataclass(frozen=True)
@@ -46,12 +52,60 @@ def _client_update(defense: Defense, generator: torch.Generator) -> dict[str, to
     return local_update(params, x, y, cfg, seed, defense)
 
 
-def _transforms(defense: Defense) -> dict[str, Callable[[torch.Generator], Any]]:
-    """The defense's transforms of its declared surfaces, each applied to fixed inputs."""
+def undeclared(cls: type[Defense]) -> list[str]:
+    """Each hook ``cls`` overrides without declaring what it acts on, in one line each: the
+    runner would apply the hook to the deployed system, but attack modes and scoring follow the
+    tags, so the adaptive attacker would never simulate it."""
+    problems = [f"it sets {name!r} as a class attribute; declare it in its tags: "
+                f"tags = Tags({name}=...)" for name in TAG_NAMES
+                if any(name in vars(k) for k in cls.__mro__[:cls.__mro__.index(Defense)])]
+    tags = cls.tags
+    for hook, needs in HOOKS.items():
+        if getattr(cls, hook) is getattr(Defense, hook):
+            continue
+        if needs == "trains" and not tags.trains:
+            problems.append(f"it overrides {hook} but its tags do not declare trains=True")
+        elif isinstance(needs, Surface) and needs not in tags.surfaces:
+            problems.append(f"it overrides {hook} but its tags do not declare the "
+                            f"{needs.value} surface (Surface.{needs.name})")
+    return problems
+
+
+def unrandomized(defense: Defense) -> list[str]:
+    """Each declared transform whose output varies with its generator although the defense
+    is not ``randomized``: attacks that do not average over randomness would score it."""
+    if defense.tags.randomized:
+        return []
+    problems = []
+    for name, apply in _transforms(defense, whole_update=False).items():
+        with torch.random.fork_rng(devices=[]):
+            a, b = (_tensors(apply(torch.Generator().manual_seed(s))) for s in (7, 8))
+        if not all(torch.equal(x, y) for x, y in zip(a, b)):
+            problems.append(f"{name}'s output varies with its generator, but its tags do not "
+                            f"declare randomized=True")
+    return problems
+
+
+def contract_problems(defense: Defense) -> list[str]:
+    """What the runner refuses before any heavy work: hooks beyond the declared tags."""
+    problems = undeclared(type(defense))
+    return problems or unrandomized(defense)
+
+
+def _transforms(defense: Defense, whole_update: bool = True
+                ) -> dict[str, Callable[[torch.Generator], Any]]:
+    """The defense's transforms of its declared surfaces, each applied to fixed inputs: a
+    client's whole update through its local training, or (not ``whole_update``) only the
+    ``privatize_update`` of a fixed update, whose training draws from the generator too."""
     x = torch.randn(4, 1, 8, 20, generator=torch.Generator().manual_seed(1))
     out: dict[str, Callable[[torch.Generator], Any]] = {}
-    if Surface.UPDATE in defense.surfaces:
+    if Surface.UPDATE in defense.surfaces and whole_update:
         out["client update"] = lambda g: _client_update(defense, g)
+    elif Surface.UPDATE in defense.surfaces:
+        defense.calibrate(rounds=10, sample_rate=0.5, participations=5)
+        update = {"w": x[0, 0].clone(), "b": x[1, 0, 0].clone()}
+        out["privatize_update"] = lambda g: defense.privatize_update(
+            {k: v.clone() for k, v in update.items()}, generator=g)
     if Surface.REPRESENTATION in defense.surfaces:
         out["transform_representation"] = lambda g: defense.transform_representation(
             x.clone(), generator=g)
@@ -94,6 +148,7 @@ def _checks(cls: type[Defense]) -> Iterator[Check]:
     except SerbenchError as exc:
         one_line = "\n" not in str(exc)
         yield Check("one-line errors", one_line, "" if one_line else "the error spans lines")
+    yield from _declared(defense)
     for name, apply in _transforms(defense).items():
         before = _global_state()
         try:
@@ -131,6 +186,17 @@ def _checks(cls: type[Defense]) -> Iterator[Check]:
             yield Check("pickles", True)
         except Exception as exc:
             yield Check("pickles", False, f"{type(exc).__name__}: {exc}")
+
+
+def _declared(defense: Defense) -> Iterator[Check]:
+    """The tags' checks: every overridden hook declared, and randomness declared."""
+    problems = undeclared(type(defense))
+    yield Check("hooks act only where its tags declare", not problems, "; ".join(problems))
+    try:
+        problems = unrandomized(defense)
+    except Exception as exc:  # a user's hook: report it as a failed check
+        problems = [f"raised {type(exc).__name__}: {exc}"]
+    yield Check("randomness declared", not problems, "; ".join(problems))
 
 
 def check_defense(cls: type[Defense]) -> list[Check]:

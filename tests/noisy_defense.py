@@ -8,14 +8,14 @@ from typing import ClassVar
 
 import torch
 
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Surface, Tags
 
 
 @dataclass
 class Noisy(Defense):
     name: ClassVar[str] = "noisy"
     summary: ClassVar[str] = "test: Gaussian noise on every update"
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE})
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE}, randomized=True)
 
     std: float = 0.01
 

@@ -17,14 +17,13 @@ BROKEN = '''
 from dataclasses import dataclass
 from typing import ClassVar
 import torch
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Surface, Tags
 
 @dataclass
 class Broken(Defense):
     name: ClassVar[str] = "broken"
     summary: ClassVar[str] = "changes shapes and uses the global RNG"
-    surfaces: ClassVar[frozenset] = frozenset({Surface.REPRESENTATION})
-    randomized: ClassVar[bool] = True
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.REPRESENTATION}, randomized=True)
 
     def transform_representation(self, h, *, generator):
         return (h + torch.randn(h.shape)).flatten(1)
@@ -58,3 +57,68 @@ def test_a_broken_defense_fails_with_one_line_per_rule(tmp_path: Path) -> None:
                            "check-defense", f"{tmp_path / 'broken.py'}:Broken"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "3 of" in proc.stdout
+
+
+SNEAKY = '''
+from dataclasses import dataclass
+from typing import ClassVar
+import torch
+from serbench.plugins import Defense, Surface, Tags
+
+@dataclass
+class Sneaky(Defense):
+    """Noise on T's input, declared nowhere: the adaptive attacker would never simulate it."""
+    name: ClassVar[str] = "sneaky"
+    summary: ClassVar[str] = "undeclared input noise"
+
+    def transform_input(self, x, *, generator):
+        return x + 0.1 * torch.randn(x.shape, generator=generator)
+
+@dataclass
+class Unrandomized(Defense):
+    """Declares its surface but not that its output varies with the generator."""
+    name: ClassVar[str] = "unrandomized"
+    summary: ClassVar[str] = "noise on h_T, randomness undeclared"
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.REPRESENTATION})
+
+    def transform_representation(self, h, *, generator):
+        return h + 0.1 * torch.randn(h.shape, generator=generator)
+
+@dataclass
+class OldStyle(Defense):
+    """Written for the contract before tags: its declaration would be silently ignored."""
+    name: ClassVar[str] = "old-style"
+    summary: ClassVar[str] = "surfaces as a class attribute"
+    surfaces: ClassVar[frozenset] = frozenset({Surface.UPDATE})
+'''
+
+
+def test_a_defense_that_does_more_than_it_declares_fails_and_is_refused(tmp_path: Path) -> None:
+    """A hook of an undeclared surface, or undeclared randomness, fails check-defense with a
+    line naming the hook and what is missing, and `serbench eval` refuses it in one line
+    before any work."""
+    path = tmp_path / "sneaky.py"
+    path.write_text(SNEAKY)
+    reasons = {}
+    for name in ("Sneaky", "Unrandomized", "OldStyle"):
+        failed = [c for c in check_defense(load_plugin("defense", f"{path}:{name}"))
+                  if not c.passed]
+        assert len(failed) == 1 and "\n" not in failed[0].reason, failed
+        reasons[name] = failed[0].reason
+    assert "transform_input" in reasons["Sneaky"] and "input surface" in reasons["Sneaky"]
+    assert ("transform_representation" in reasons["Unrandomized"]
+            and "randomized=True" in reasons["Unrandomized"])
+    assert "'surfaces'" in reasons["OldStyle"] and "Tags(surfaces=" in reasons["OldStyle"]
+    proc = subprocess.run([sys.executable, "-c", "from serbench.cli import main; main()",
+                           "check-defense", f"{path}:Sneaky"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "transform_input" in proc.stdout
+    for name in ("Sneaky", "Unrandomized"):
+        proc = subprocess.run([sys.executable, "-c", "from serbench.cli import main; main()",
+                               "eval", "--attack", "pgd", "--defense", f"{path}:{name}",
+                               "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "does more than it declares" in lines[0] and "Traceback" not in proc.stderr
+        assert not (tmp_path / name).exists()  # refused before any work

@@ -34,9 +34,9 @@ def test_defense_from_a_file(tmp_path) -> None:
     path = tmp_path / "mine.py"
     path.write_text(
         "from dataclasses import dataclass\nfrom typing import ClassVar\n"
-        "from serbench.plugins import Defense, Surface\n\n@dataclass\nclass Mine(Defense):\n"
+        "from serbench.plugins import Defense, Surface, Tags\n\n@dataclass\nclass Mine(Defense):\n"
         "    name: ClassVar[str] = 'mine'\n    summary: ClassVar[str] = 'test'\n"
-        "    surfaces: ClassVar[frozenset] = frozenset({Surface.UPDATE})\n    scale: float = 1.0\n")
+        "    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE})\n    scale: float = 1.0\n")
     cls = load_plugin("defense", f"{path}:Mine")
     assert cls.from_params({"scale": "2"}).scale == 2.0
     with pytest.raises(SerbenchError, match="no Defense subclass"):

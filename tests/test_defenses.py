@@ -24,14 +24,14 @@ def test_udp_epsilon_is_opacus_rdp_accountants(z, q, rounds, delta) -> None:
             accountant.step(noise_multiplier=z, sample_rate=sample_rate)
         return accountant.get_epsilon(delta)
 
-    reported = UDP(epsilon=None, noise_multiplier=z, delta=delta).privacy(rounds=rounds,
-                                                                        sample_rate=q)
+    reported = UDP(epsilon=None, noise_multiplier=z, delta=delta).guarantee(
+        rounds=rounds, sample_rate=q).numbers
     assert reported["epsilon"] == pytest.approx(epsilon(1.0), rel=1e-9)
     assert reported["epsilon_outside_observer"] == pytest.approx(epsilon(q), rel=1e-9)
 
 
 def test_udp_finds_the_noise_for_a_target_epsilon() -> None:
-    reported = UDP(epsilon=10.0).privacy(rounds=200, sample_rate=0.1)
+    reported = UDP(epsilon=10.0).guarantee(rounds=200, sample_rate=0.1).numbers
     assert 9.8 <= reported["epsilon"] <= 10.0 and reported["noise_multiplier"] > 0
 
 

@@ -22,7 +22,7 @@ from serbench.cli import app
 from serbench.errors import SerbenchError
 from serbench.fl.engine import FLConfig, init_params, local_update
 from serbench.models.mlp import SERMLP
-from serbench.models.train import BalancedCrossEntropy, fit_classifier
+from serbench.models.train import BalancedCrossEntropy, fit_classifier, fit_defended
 from serbench.registry import load_plugin
 
 DPSGD = load_plugin("defense", "dpsgd")
@@ -43,14 +43,15 @@ def test_fl_epsilon_is_opacus_rdp_accountants(z, rounds, p, delta) -> None:
         return sum(math.comb(rounds, i) * p ** i * (1 - p) ** (rounds - i)
                    for i in range(k + 1, rounds + 1))
     steps = next(k for k in range(rounds + 1) if tail(k) <= delta / 2)
-    reported = DPSGD(epsilon=None, noise_multiplier=z, delta=delta).privacy(rounds=rounds,
-                                                                             sample_rate=p)
+    reported = DPSGD(epsilon=None, noise_multiplier=z, delta=delta).calibrate(
+        rounds=rounds, sample_rate=p).numbers
     assert reported["participations"] == steps
     assert reported["epsilon"] == pytest.approx(rdp_epsilon(z, 1.0, steps, delta / 2), rel=1e-9)
 
 
 def test_fl_finds_the_noise_for_a_target_epsilon() -> None:
-    loose, tight = (DPSGD(epsilon=e).privacy(rounds=200, sample_rate=0.1) for e in (10.0, 2.0))
+    loose, tight = (DPSGD(epsilon=e).calibrate(rounds=200, sample_rate=0.1).numbers
+                    for e in (10.0, 2.0))
     assert 9.9 <= loose["epsilon"] <= 10.0 and 1.98 <= tight["epsilon"] <= 2.0
     assert tight["noise_multiplier"] > loose["noise_multiplier"] > 0
 
@@ -70,11 +71,11 @@ def test_fit_classifier_trains_under_dp_and_reports_opacus_epsilon(params) -> No
     x, y = separable()
     dp = DPSGD(**params)
     torch.manual_seed(0)
-    model = fit_classifier(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), [x], y,
-                           epochs=4, batch_size=16, lr=1e-2, seed=0, defense=dp)
+    model, guarantee = fit_defended(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
+                                    [x], y, epochs=4, batch_size=16, lr=1e-2, seed=0, defense=dp)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.8
-    privacy = dp.training_privacy()
+    privacy = guarantee.numbers
     z = privacy["noise_multiplier"]
     assert privacy["epsilon"] == pytest.approx(rdp_epsilon(z, 1 / 8, 32, 1e-5), rel=1e-9)
     if params.get("epsilon"):
@@ -125,7 +126,7 @@ def test_fast_clipping_equals_opacus_per_example_gradients() -> None:
                 max_grad_norm=0.5, noise_generator=noise)
             criterion = BalancedCrossEntropy(weight)
         else:
-            model, opt, criterion, loader = DPSGD(
+            model, opt, criterion, loader, _ = DPSGD(
                 epsilon=None, noise_multiplier=1.0, max_grad_norm=0.5
             ).make_private(net, opt, BalancedCrossEntropy(weight), loader, epochs=2,
                            generator=noise)

@@ -16,7 +16,7 @@ from serbench.errors import SerbenchError
 from serbench.fl.engine import single_thread
 from serbench.scoring import uar
 from serbench.models.targets import build, readable_layers
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Surface, Tags
 from serbench.progress import NullReporter
 from serbench.protocol import load_corpus, split_disjoint
 from serbench.runner import EvalConfig, run_eval
@@ -140,8 +140,7 @@ class Scramble(Defense):
 
     name = "scramble"
     summary = "test double"
-    surfaces = frozenset({Surface.REPRESENTATION})
-    noise_aware = True
+    tags = Tags(surfaces={Surface.REPRESENTATION}, randomized=True, noise_aware=True)
 
     def __post_init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []

@@ -49,8 +49,7 @@ def noise_of(shared: dict[str, torch.Tensor], expected: dict[str, torch.Tensor])
 
 def test_udp_noise_std_is_z_times_clip_on_the_shared_update() -> None:
     udp = UDP(epsilon=10.0, clip=0.5)
-    udp.calibrate(rounds=200, sample_rate=0.1, participations=41)
-    z = udp.privacy(rounds=200, sample_rate=0.1, participations=41)["noise_multiplier"]
+    z = udp.calibrate(rounds=200, sample_rate=0.1, participations=41).numbers["noise_multiplier"]
     gen = torch.Generator().manual_seed(0)
     update = {"w": 10 * torch.randn(1000, 1000, generator=gen),
               "b": 10 * torch.randn(1000, generator=gen)}
@@ -72,8 +71,8 @@ def test_udp_headline_epsilon_is_opacus_over_the_most_participations(n_clients, 
     assert q == 0.1
     steps = most_participations(n_clients, per_round, rounds, seed)
     assert 20 < steps < rounds  # about qT, and not every round
-    reported = UDP(epsilon=None, noise_multiplier=z, delta=delta).privacy(
-        rounds=rounds, sample_rate=q, participations=steps)
+    reported = UDP(epsilon=None, noise_multiplier=z, delta=delta).guarantee(
+        rounds=rounds, sample_rate=q, participations=steps).numbers
     assert reported["participations"] == steps
     assert reported["epsilon"] == pytest.approx(opacus_epsilon(z, 1.0, steps, delta), rel=1e-9)
     assert reported["epsilon_outside_observer"] == pytest.approx(
@@ -85,24 +84,23 @@ def test_udp_epsilon_solves_z_against_the_server() -> None:
     """RAVDESS-like: ε = 10 at P = 41 needs z ≈ 3.39. docs/udp-analysis.md's table has 3.47
     because its P = 41 is a Binomial tail bound that spends δ/2; the schedule gives P exactly,
     so the accountant gets all of δ. At δ/2 Opacus' search gives the table's 3.47."""
-    reported = UDP(epsilon=10.0).privacy(rounds=200, sample_rate=0.1, participations=41)
+    reported = UDP(epsilon=10.0).guarantee(rounds=200, sample_rate=0.1, participations=41).numbers
     assert 9.9 <= reported["epsilon"] <= 10.0
     assert reported["noise_multiplier"] == pytest.approx(3.39, abs=0.01)
     assert rdp_noise_multiplier(10.0, 0.5e-5, 1.0, 41) == pytest.approx(3.47, abs=0.01)
     # Unknown participations: a client in every round, the bound that holds for any schedule.
-    unknown = UDP(epsilon=10.0).privacy(rounds=200, sample_rate=0.1)
+    unknown = UDP(epsilon=10.0).guarantee(rounds=200, sample_rate=0.1).numbers
     assert unknown["participations"] == 200
     assert unknown["noise_multiplier"] > reported["noise_multiplier"]
 
 
 def test_udp_queries_do_not_recalibrate() -> None:
-    """The noise follows the last calibrate, not the last privacy() query."""
+    """The noise follows the last calibrate, not the last guarantee() query."""
     udp = UDP(epsilon=10.0)
     udp.calibrate(rounds=200, sample_rate=0.1, participations=41)
     update = {"w": torch.zeros(100)}
     before = udp.privatize_update(update, generator=torch.Generator().manual_seed(1))
-    udp.privacy(rounds=10, sample_rate=1.0, participations=10)
-    udp.accounting(rounds=10, sample_rate=1.0)
+    udp.guarantee(rounds=10, sample_rate=1.0, participations=10)
     after = udp.privatize_update(update, generator=torch.Generator().manual_seed(1))
     assert torch.equal(before["w"], after["w"])
 
@@ -114,8 +112,8 @@ def test_udp_with_epsilon_refuses_to_share_before_calibration() -> None:
 
 
 def test_udp_records_its_accounting_context() -> None:
-    context = UDP(epsilon=10.0, clip=0.5).accounting(rounds=200, sample_rate=0.1,
-                                                     participations=41)
+    context = UDP(epsilon=10.0, clip=0.5).guarantee(rounds=200, sample_rate=0.1,
+                                                    participations=41).accounting()
     assert context["accountant"] == "rdp"
     assert context["sampling"] == "fixed-size without replacement, chosen by the server"
     assert context["neighbouring_relation"] == "user-level add/remove"
@@ -127,7 +125,7 @@ def test_udp_records_its_accounting_context() -> None:
 @pytest.mark.parametrize("participations", [0, 201])
 def test_udp_participations_outside_the_rounds_are_a_bug(participations) -> None:
     with pytest.raises(ValueError, match="participations"):
-        UDP(epsilon=10.0).privacy(rounds=200, sample_rate=0.1, participations=participations)
+        UDP(epsilon=10.0).guarantee(rounds=200, sample_rate=0.1, participations=participations)
 
 
 # --- udp-ref --------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ def test_udp_ref_clips_the_batch_gradient_before_each_step() -> None:
         net = nn.Linear(8, 2)
         start = [p.detach().clone() for p in net.parameters()]
         loader = DataLoader(TensorDataset(torch.zeros(4, 8), torch.zeros(4, dtype=torch.long)))
-        _, opt, _, _ = ref.make_private(net, torch.optim.SGD(net.parameters(), lr=1.0),
+        _, opt, _, _, _ = ref.make_private(net, torch.optim.SGD(net.parameters(), lr=1.0),
                                         nn.CrossEntropyLoss(), loader, epochs=1,
                                         generator=torch.Generator().manual_seed(0))
         x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
@@ -187,10 +185,10 @@ def test_udp_ref_clips_the_batch_gradient_before_each_step() -> None:
 
 
 def test_udp_ref_reports_a_nominal_epsilon_only() -> None:
-    privacy = UDPRef(epsilon=25.0).privacy(rounds=200, sample_rate=0.1)
+    privacy = UDPRef(epsilon=25.0).calibrate(rounds=200, sample_rate=0.1).numbers
     assert "epsilon" not in privacy and privacy["nominal_epsilon"] == 25.0
     assert privacy["nominal_delta"] == 0.5
-    context = UDPRef().accounting(rounds=200, sample_rate=0.1)
+    context = UDPRef().calibrate(rounds=200, sample_rate=0.1).accounting()
     assert "epsilon" not in context and context["accountant"].startswith("none")
 
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from serbench.errors import SerbenchError
-from serbench.plugins import Defense, Surface
+from serbench.plugins import Defense, Surface, Tags
 
 
 @dataclass
@@ -23,12 +23,14 @@ class MyDefense(Defense):
     #: The name the leaderboard shows, and one line for `serbench list defenses`.
     name: ClassVar[str] = "my-defense"
     summary: ClassVar[str] = "<one line for `serbench list defenses`>"
-    #: Where the defense acts: Surface.UPDATE (FL updates), Surface.REPRESENTATION (the hidden
-    #: layer a split model transmits), Surface.INPUT (the model input). An empty set: an
-    #: undefended baseline, attacked once instead of in both modes.
-    surfaces: ClassVar[frozenset[Surface]] = frozenset({Surface.UPDATE, Surface.REPRESENTATION})
-    #: True when a hook draws random numbers at test time (SPEC §3.3: scored by EOT attacks).
-    randomized: ClassVar[bool] = False
+    #: What the defense does, in one record (serbench.plugins.Tags): ``surfaces``, where it
+    #: acts: Surface.UPDATE (FL updates), Surface.REPRESENTATION (the hidden layer a split model
+    #: transmits), Surface.INPUT (the model input); a hook may act only on a declared surface
+    #: (`serbench check-defense` fails one that does more). ``randomized=True`` when a hook
+    #: draws random numbers at test time (SPEC §3.3: scored by EOT attacks); ``strength``, the
+    #: parameter a family of entries sweeps, with its symbol on the leaderboard.
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE, Surface.REPRESENTATION},
+                                strength=(("strength", "s"),))
 
     # Parameters: dataclass fields with defaults, set with --param KEY=VALUE and recorded in
     # every run's config.json and leaderboard entry.

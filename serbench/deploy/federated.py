@@ -95,7 +95,7 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     chosen = schedule(len(clients), per_round, cfg.rounds, seed)
     accounted = Accounted(cfg.rounds, per_round / len(clients),
                           most_participations(chosen, len(clients), len(probe_rounds)))
-    defense.calibrate(**accounted._asdict())
+    guarantee = defense.calibrate(**accounted._asdict())
     init = init_params(x.shape[1], cfg, init_seed)
     observed: dict[int, Any] = {}
     hook = {}
@@ -117,5 +117,5 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
             run = diverged.run
             reporter.log(f"{description}: {diverged}; its {len(run.log)} updates until then "
                          f"are used")
-    return FLDeployment(run, accounted, defense.privacy(**accounted._asdict()),
-                        defense.accounting(**accounted._asdict()), observed=observed)
+    return FLDeployment(run, accounted, dict(guarantee.numbers), guarantee.accounting(),
+                        observed=observed)

@@ -5,6 +5,7 @@ the deployed system applies them: to the transmitted h_T and to T's input at tes
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,8 @@ from torch import nn
 from serbench.corpora.data import CorpusData
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import TIME_POOL, LayeredNet, build
-from serbench.models.train import fit_classifier, predict_proba
-from serbench.plugins import Defense
+from serbench.models.train import fit_defended, predict_proba
+from serbench.plugins import Defense, Guarantee
 from serbench.seeds import stable_seed
 
 
@@ -68,10 +69,10 @@ class SplitDeployment:
 
 
 def train_target(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray,
-                 defense: Defense | None, seed: int) -> Target:
+                 defense: Defense | None, seed: int) -> tuple[Target, Guarantee]:
     """T for emotion, from scratch, on ``data``'s ``rows``: through ``defense``'s training hooks
     if it ``trains``, and with its representation transform at ``recipe.layer`` in training if
-    it declares ``noise_aware`` (SPEC §4)."""
+    it declares ``noise_aware`` (SPEC §4); with the guarantee of that training."""
     x, mask = data.padded(recipe.features, recipe.frames)
     x, mask = x[rows], mask[rows]
     frames = mask.sum(dim=(0, 2))
@@ -84,7 +85,7 @@ def train_target(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray,
     target = Target(net, recipe.features, shape, mean[:, None], var.sqrt()[:, None] + 1e-5)
     y = torch.tensor(emotion_labels(data.table["emotion"].iloc[rows], classes))
     hook = None
-    if defense is not None and recipe.layer is not None and defense.noise_aware:
+    if defense is not None and recipe.layer is not None and defense.tags.noise_aware:
         generator = torch.Generator().manual_seed(seed)
 
         def noisy(module: nn.Module, _: object, h: torch.Tensor) -> torch.Tensor | None:
@@ -92,20 +93,22 @@ def train_target(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray,
 
         hook = net.layers[recipe.layer].register_forward_hook(noisy)
     try:
-        fit_classifier(net, [target.inputs(x, mask)], y, epochs=recipe.epochs, lr=recipe.lr,
-                       weight_decay=1e-4, seed=seed, defense=defense)
+        _, guarantee = fit_defended(net, [target.inputs(x, mask)], y, epochs=recipe.epochs,
+                                    lr=recipe.lr, weight_decay=1e-4, seed=seed, defense=defense)
     finally:
         if hook is not None:
             hook.remove()
-    return target
+    return target, guarantee
 
 
 def deploy_split(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray, defense: Defense,
                  *, seed: int, fold: int) -> SplitDeployment:
-    """T as deployed on ``fold`` (trained on ``rows``), with its training's guarantee."""
-    target = train_target(recipe, data, rows, defense,
-                          stable_seed(seed, fold, "target", recipe.family, recipe.features))
-    return SplitDeployment(target, defense.training_privacy(), defense.training_accounting())
+    """T as deployed on ``fold`` (trained on ``rows``), with its training's guarantee; the
+    training works on its own copy of the defense, as every deployment does."""
+    target, guarantee = train_target(recipe, data, rows, copy.deepcopy(defense),
+                                     stable_seed(seed, fold, "target", recipe.family,
+                                                 recipe.features))
+    return SplitDeployment(target, dict(guarantee.numbers), guarantee.accounting())
 
 
 def transmit(defense: Defense, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

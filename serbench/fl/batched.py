@@ -69,7 +69,7 @@ class BatchedUpdates:
 
     def __call__(self, params: Params, data: Data, cfg: FLConfig, seeds: Sequence[int],
                  defense: Defense | None, rnd: int) -> list[Params]:
-        if defense is not None and defense.trains:
+        if defense is not None and defense.tags.trains:
             return serial_updates(params, data, cfg, seeds, defense, rnd)
         if cfg.algorithm not in ("fedsgd", "fedavg"):
             raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")

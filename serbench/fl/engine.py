@@ -68,7 +68,7 @@ def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: F
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        if defense is not None and defense.trains:
+        if defense is not None and defense.tags.trains:
             update = _defended_update(global_params, x, y, cfg, rnd, gen, defense)
         elif cfg.algorithm == "fedsgd":
             params = {k: v.clone().requires_grad_(True) for k, v in global_params.items()}
@@ -110,8 +110,8 @@ def _defended_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cf
     else:
         raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=gen)
-    model, opt, criterion, loader = defense.make_private(net, opt, nn.CrossEntropyLoss(), loader,
-                                                         epochs=epochs, generator=gen)
+    model, opt, criterion, loader, _ = defense.make_private(
+        net, opt, nn.CrossEntropyLoss(), loader, epochs=epochs, generator=gen)
     model.train()
     for _ in range(epochs):
         for xb, yb in loader:

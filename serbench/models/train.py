@@ -7,8 +7,9 @@ hand-tuned epoch count per corpus.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from serbench.plugins import Guarantee
 from serbench.progress import Advance
 from serbench.scoring import uar
 
@@ -46,29 +48,73 @@ class BalancedCrossEntropy(nn.Module):
         return loss.mean() if self.reduction == "mean" else loss
 
 
-def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
-                   val: tuple[Inputs, torch.Tensor] | None = None, epochs: int = 30,
-                   lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
-                   patience: int = 5, seed: int = 0, advance: Advance | None = None,
-                   defense: Defense | None = None) -> nn.Module:
-    """Adam with class-balanced cross-entropy; keeps the weights of the best validation UAR.
+@dataclass
+class Validation:
+    """The one early-stopping policy: after every epoch the model is scored on held-out
+    ``inputs`` (``score``: any comparable; default their UAR), kept in ``curve``. Its best
+    epoch is the first with the highest score from epoch ``min_epochs`` on (``min_epochs - 1``
+    in 0-based terms); training stops once ``patience`` epochs after it bring no better one.
+    The trainer restores the best epoch's weights, or a caller reads :meth:`best` to refit
+    for that many epochs on more data (the intercept attack's attackers)."""
 
-    A ``defense`` that ``trains`` (DP-SGD, adversarial training) wraps the training: its
-    ``make_private`` sees the model, optimizer, loss and a data loader, its ``training_batch``
-    every batch.
-    """
+    inputs: Inputs
+    labels: torch.Tensor | np.ndarray
+    patience: int = 5
+    min_epochs: int = 0
+    score: Callable[[nn.Module], Any] | None = None
+    curve: list[Any] = field(default_factory=list)
+
+    def __call__(self, model: nn.Module) -> Any:
+        if self.score is not None:
+            return self.score(model)
+        pred = predict_proba(model, self.inputs).argmax(1).numpy()
+        return uar(np.asarray(self.labels), pred)
+
+    def best(self) -> int:
+        """The best epoch so far (0-based)."""
+        start = max(self.min_epochs - 1, 0)
+        return max(range(start, len(self.curve)), key=lambda e: (self.curve[e], -e))
+
+    def stop(self) -> bool:
+        return len(self.curve) > self.min_epochs and len(self.curve) - 1 - self.best() >= \
+            self.patience
+
+
+def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
+                   val: Validation | None = None, epochs: int = 30, lr: float = 1e-3,
+                   batch_size: int = 32, weight_decay: float = 0.0, seed: int = 0,
+                   advance: Advance | None = None, defense: Defense | None = None,
+                   restore_best: bool = True) -> nn.Module:
+    """Adam with class-balanced cross-entropy, early-stopped by ``val`` (:class:`Validation`)
+    with the best epoch's weights restored (``restore_best``). A ``defense`` that trains wraps
+    the training (:func:`fit_defended`)."""
+    return fit_defended(model, inputs, labels, val=val, epochs=epochs, lr=lr,
+                        batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                        advance=advance, defense=defense, restore_best=restore_best)[0]
+
+
+def fit_defended(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
+                 val: Validation | None = None, epochs: int = 30, lr: float = 1e-3,
+                 batch_size: int = 32, weight_decay: float = 0.0, seed: int = 0,
+                 advance: Advance | None = None, defense: Defense | None = None,
+                 restore_best: bool = True) -> tuple[nn.Module, Guarantee]:
+    """:func:`fit_classifier`, with the guarantee of the training it ran. A ``defense`` that
+    ``trains`` (DP-SGD, adversarial training) wraps it: its ``make_private`` sees the model,
+    optimizer, loss and a data loader and returns the guarantee of the steps taken, its
+    ``training_batch`` sees every batch."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
     class_weight = counts.sum() / (len(counts) * counts.clamp(min=1))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    trains = defense is not None and defense.trains
+    trains = defense is not None and defense.tags.trains
+    spent: Callable[[], Guarantee] = Guarantee
     if trains:
         if len(inputs) != 1:
             raise ValueError("a defense that trains wraps single-input models only")
         loader = DataLoader(TensorDataset(*inputs, labels), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        model, opt, criterion, loader = defense.make_private(
+        model, opt, criterion, loader, spent = defense.make_private(
             model, opt, BalancedCrossEntropy(class_weight), loader, epochs=epochs, generator=gen)
 
     def batches(epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
@@ -83,7 +129,7 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
                 x, y = defense.training_batch(model, x, y, step=epoch, generator=gen)
                 yield [x], y
 
-    best, best_state, stale = -np.inf, None, 0
+    best_state = None
     for epoch in range(epochs):
         model.train()
         for xs, y in batches(epoch):
@@ -98,14 +144,11 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
             advance(1)
         if val is None:
             continue
-        pred = predict_proba(model, val[0]).argmax(1).numpy()
-        score = uar(val[1].numpy(), pred)
-        if score > best:
-            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
+        val.curve.append(val(model))
+        if restore_best and val.best() == epoch:
+            best_state = copy.deepcopy(model.state_dict())
+        if val.stop():
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return model.eval()
+    return model.eval(), spent()
