@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from serbench.attacks.fl_inference import LinearUpdateModel, UpdateAttackModel
+from serbench.attacks.update_models import LinearUpdateModel, UpdateAttackModel
 from serbench.fl.clients import make_clients
 from serbench.fl.engine import FLConfig, init_params, run_federated
 from serbench.metrics import emotion_classes, emotion_labels

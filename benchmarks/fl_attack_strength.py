@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serbench.attacks.fl_inference import LinearUpdateModel
+from serbench.attacks.update_models import LinearUpdateModel
 from serbench.attacks.update_inversion import (BasisRecorder, InputSpaceModel, centre_by_round,
                                                invert, invert_log)
 from serbench.fl.batched import BatchedUpdates

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from serbench.attacks import fl_inference
-from serbench.attacks.fl_inference import FedAvgAttack, LinearUpdateModel
+from serbench.attacks import update_selection
+from serbench.attacks.fl_inference import FedAvgAttack
+from serbench.attacks.update_models import LinearUpdateModel
+from serbench.attacks.update_sets import INVERTED, training_set
 from serbench.errors import SerbenchError
 from serbench.fl import engine
 from serbench.fl.engine import UpdateLog
@@ -134,7 +136,8 @@ def test_training_set_rows_are_the_standardised_updates_and_their_client_average
                     {"w": torch.randn(6, 3, 4, generator=gen),
                      "b": torch.randn(6, 3, generator=gen)})
     stats = [(t.mean(0), t.std(0) + 1e-8) for t in (log.layers["w"], log.layers["b"])]
-    data = FedAvgAttack(averaging="1,2,all")._training_set(log, ("w", "b"), stats)
+    data = training_set(log, ("w", "b"), FedAvgAttack(averaging="1,2,all").averaging_sizes(),
+                        stats)
     raw = [log.layers["w"], log.layers["b"]]
     expected = [torch.cat([t,  # singles; a's pairs (rows 0,2), (4,5); b's (1,3); a's all, b's all
                            torch.stack([t[[0, 2]].mean(0), t[[4, 5]].mean(0), t[[1, 3]].mean(0)]),
@@ -161,7 +164,7 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
     chosen one is trained again on runs of every shadow speaker; with ``validation=same-run``
     (entries made before the choice existed) they share the training run."""
     calls, tables = [], []
-    real = fl_inference.federate
+    real = update_selection.federate
 
     def federate(recipe, data, rows, defense, **kw):
         if "shadow" in kw["description"]:
@@ -170,7 +173,7 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
             tables.append(data.table)
         return real(recipe, data, rows, defense, **kw)
 
-    monkeypatch.setattr(fl_inference, "federate", federate)
+    monkeypatch.setattr(update_selection, "federate", federate)
     params = {"rounds": 8, "averaging": "1", "epochs": 1, "shadow_runs": 2}
     run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5, attack_params=params),
              tmp_path / "a")
@@ -178,7 +181,7 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
     (first, trained, server), (last, held, init), *rest = calls
     assert "selection run" in first and "validation run" in last and server == init == 5
     assert trained | held == shadow and not trained & held
-    assert held == set(fl_inference.held_out_speakers(tables[0], 5))
+    assert held == set(update_selection.held_out_speakers(tables[0], 5))
     # the inversion's second run (another initialisation), still without the held-out ones
     (more, again, other), *final = rest
     assert "run 2" in more and again == trained and other != 5
@@ -194,11 +197,11 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
 def test_held_out_speakers_are_a_seeded_third_of_each_gender() -> None:
     table = pd.DataFrame({"speaker": [f"s{i}" for i in range(10)],
                           "gender": ["F"] * 6 + ["M"] * 4})
-    held = fl_inference.held_out_speakers(table, 0)
-    assert held == fl_inference.held_out_speakers(table, 0)
+    held = update_selection.held_out_speakers(table, 0)
+    assert held == update_selection.held_out_speakers(table, 0)
     assert sum(s in {f"s{i}" for i in range(6)} for s in held) == 2 and len(held) == 3
     with pytest.raises(SerbenchError, match="two speakers of each gender"):
-        fl_inference.held_out_speakers(table.iloc[:7], 0)
+        update_selection.held_out_speakers(table.iloc[:7], 0)
 
 
 def test_a_shadow_with_one_gender_of_updates_fails_in_one_line(tmp_path) -> None:
@@ -219,14 +222,14 @@ def test_weight_space_models_are_left_out_where_their_updates_would_not_fit(
     one shadow run's first-layer updates exceed ``weight_space_gib``; the inversion alone then
     stores each update inverted as it arrives, so no log holds a raw first-layer update."""
     logs = []
-    real = fl_inference.federate
+    real = update_selection.federate
 
     def federate(recipe, data, rows, defense, **kw):
         deployed = real(recipe, data, rows, defense, **kw)
         logs.append(set(deployed.run.log.layers))
         return deployed
 
-    monkeypatch.setattr(fl_inference, "federate", federate)
+    monkeypatch.setattr(update_selection, "federate", federate)
     # 8 rounds probed every 8th: 20 shadow speakers + 7 x 2 sampled = 34 updates of 1.01 MB
     params = {"rounds": 8, "averaging": "1,all", "epochs": 1, "shadow_runs": 2}
     small = {"weight_space_gib": 0.03}
@@ -235,7 +238,7 @@ def test_weight_space_models_are_left_out_where_their_updates_would_not_fit(
     extras = result.modes[0].folds[1].extras
     assert [k for k in extras if k.startswith("shadow held-out")] == [
         "shadow held-out UAR (inversion)"]
-    assert logs and all(layers == set(fl_inference.INVERTED) for layers in logs)
+    assert logs and all(layers == set(INVERTED) for layers in logs)
     assert single_update_leakage(result) > 0.5
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["attack_params"]["weight_space_gib"] == 0.03

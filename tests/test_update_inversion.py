@@ -117,7 +117,7 @@ def test_a_deployment_can_store_each_update_inverted_as_it_arrives() -> None:
     recording run's log afterwards."""
     from functools import partial
 
-    from serbench.attacks.fl_inference import INVERTED, keep_inverted
+    from serbench.attacks.update_sets import INVERTED, keep_inverted
     from serbench.deploy.federated import FLRecipe, federate
     from serbench.progress import NullReporter
     from serbench.registry import load_plugin
