@@ -12,7 +12,6 @@ emotion task (summed losses). T is trained per fold, so every attacker is too.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -22,19 +21,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from serbench.analyses import write_analysis
+from serbench.analyses import AnalysisView
+from serbench.attacks.intercept_fit import Fit, Out, Score
 from serbench.attacks.sides import FoldSides
 from serbench.context import Attack, EvalContext
 from serbench.corpora.base import GENDERS
-from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, train_target, transmit
+from serbench.deploy.split import SplitDeployment, SplitRecipe, Target, deploy_split, transmit
 from serbench.errors import SerbenchError, unknown_name
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, build, \
     check_layer, default_layer, readable_layers
-from serbench.models.train import fit_classifier, predict_proba
+from serbench.models.train import predict_proba
 from serbench.plugins import Surface
-from serbench.results import FoldResult, write_csv
-from serbench.scoring import uar
+from serbench.results import FoldResult
 from serbench.seeds import stable_seed
 from serbench.workers import process_map
 
@@ -56,20 +55,12 @@ ATTACKERS = ("generic", "aware")
 FEATURE_SETS = ("logmel", "is09-lld")
 
 
-class _View(NamedTuple):
-    """How one analysis reads the saved rows: which rows, the factor, the plot's title."""
-
-    rows: str
-    factor: str
-    title: str
-    ordered: bool = False
-
-
 ANALYSES = {
-    "layers": _View("layers", "layer", "gender leakage by layer of T", ordered=True),
-    "emotions": _View("main", "emotion", "gender leakage by emotion category"),
-    "features": _View("features", "model", "gender leakage by feature type of T"),
-    "improvised": _View("main", "utterances", "gender leakage: IEMOCAP improvised vs scripted"),
+    "layers": AnalysisView("layers", "layer", "gender leakage by layer of T", ordered=True),
+    "emotions": AnalysisView("main", "emotion", "gender leakage by emotion category"),
+    "features": AnalysisView("features", "model", "gender leakage by feature type of T"),
+    "improvised": AnalysisView("main", "utterances",
+                               "gender leakage: IEMOCAP improvised vs scripted"),
 }
 
 
@@ -79,107 +70,6 @@ def _items(text: str, valid: tuple[str, ...] | dict, what: str) -> list[str]:
         if item not in valid:
             raise unknown_name(f"intercept {what}", item, valid)
     return items
-
-
-Score = tuple[float, float]
-
-
-def _score(proba: np.ndarray, gender: np.ndarray) -> Score:
-    """How well gender probabilities fit held-out speakers: (UAR, mean probability of the
-    true gender averaged over genders). The second, smooth, breaks UAR's ties."""
-    soft = float(np.mean([proba[gender == g, g].mean() for g in np.unique(gender)]))
-    return uar(gender, proba.argmax(1)), soft
-
-
-class _Out(NamedTuple):
-    """A fit's gender probabilities on the test speakers, its score on the validation
-    speakers (``None``: none held out) and the epochs of its final training."""
-
-    test: np.ndarray
-    val: Score | None
-    epochs: int
-
-
-class _Fit(NamedTuple):
-    """One classifier to train and apply to ``test``: picklable, so a worker process can run
-    it. ``n_gender`` marginalises a joint (gender, emotion) softmax to gender.
-
-    ``val`` holds out speakers of T's training side (their h_T and gender codes), never a
-    test speaker. With ``fit_rows`` (the rows of ``x`` that are not theirs: a scenario that
-    trains on T's training side), the model first trains on those rows only for up to
-    ``epochs``, scored on ``val`` after every epoch; the epoch count of the best score is
-    kept and a fresh copy of the same initial model is refit on all of ``x`` for that many
-    epochs. Without ``fit_rows`` (a shadow-trained attacker, which never saw the held-out
-    speakers) it trains on ``x`` for ``epochs`` and is scored on ``val`` once, so the
-    ``worst`` attacker can compare every candidate on the same held-out speakers.
-
-    Early stopping on the *final* model was dropped once (docs/intercept.md): with 12-16
-    speakers the validation UAR jumped between epochs. Refitting on every training speaker
-    for the chosen number of epochs keeps all the data in the final model; only the epoch
-    count comes from validation.
-    """
-
-    model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    epochs: int
-    lr: float
-    seed: int
-    test: torch.Tensor | None = None
-    n_gender: int = 0
-    val: tuple[torch.Tensor, np.ndarray] | None = None
-    fit_rows: torch.Tensor | None = None
-    max_epochs: int = 0
-    patience: int = 0
-
-    def gender(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
-        proba = predict_proba(model, [x])
-        if self.n_gender:
-            proba = proba.view(len(proba), self.n_gender, -1).sum(2)
-        return proba.numpy()
-
-    def train(self, model: nn.Module, rows: torch.Tensor | None = None, epochs: int | None = None,
-              advance=None) -> nn.Module:
-        x, y = (self.x, self.y) if rows is None else (self.x[rows], self.y[rows])
-        return fit_classifier(model, [x], y, epochs=epochs or self.epochs, lr=self.lr,
-                              weight_decay=1e-4, seed=self.seed, advance=advance)
-
-    def run(self) -> _Out:
-        """The attacker's gender probabilities on the test speakers (rows: utterances;
-        columns: codes), with its validation score."""
-        torch.set_num_threads(1)  # a worker process does not inherit the setting
-        if self.val is None:
-            return _Out(self.gender(self.train(self.model), self.test), None, self.epochs)
-        if self.fit_rows is None:
-            model = self.train(self.model)
-            return _Out(self.gender(model, self.test), _score(self.gender(model, self.val[0]),
-                                                              self.val[1]), self.epochs)
-        probe = copy.deepcopy(self.model)
-        curve: list[Score] = []
-        start = self.epochs - 1
-
-        def validate(_: int) -> None:  # fit_classifier's per-epoch hook
-            curve.append(_score(self.gender(probe, self.val[0]), self.val[1]))
-            if len(curve) > self.epochs and len(curve) - _best(curve, start) > self.patience:
-                raise _Enough
-
-        try:
-            self.train(probe, self.fit_rows, epochs=max(self.epochs, self.max_epochs),
-                       advance=validate)
-        except _Enough:
-            pass
-        best = _best(curve, start)
-        model = self.train(self.model, epochs=best + 1)
-        return _Out(self.gender(model, self.test), curve[best], best + 1)
-
-
-class _Enough(Exception):
-    """Stops a validated training: no better validation score for ``patience`` epochs."""
-
-
-def _best(curve: list[Score], start: int) -> int:
-    """The first epoch (0-based) of the best score from epoch ``start`` on."""
-    return max(range(start, len(curve)), key=lambda e: (curve[e], -e))
 
 
 @dataclass
@@ -284,9 +174,6 @@ class InterceptAttack(Attack):
             # The application-aware attacker learns T's emotion task on the shadow speakers:
             # it needs their labels in T's classes (fails here, before any training).
             emotion_labels(ctx.shadow.table["emotion"], emotion_classes(ctx.target.table["emotion"]))
-        if analyses and ctx.out_dir is None:
-            raise SerbenchError("intercept analyses write to the run directory: run them with "
-                                "`serbench eval` (EvalContext.out_dir is not set)")
         if "improvised" in analyses and "improvised" not in ctx.target.table:
             ctx.reporter.log(f"analysis 'improvised' skipped: dataset {ctx.target.name!r} has no "
                              f"'improvised' column (IEMOCAP has one)")
@@ -308,45 +195,36 @@ class InterceptAttack(Attack):
         run = _FoldRun(self, ctx, fold)
         main = run.leakage(deployed.target, self.k, self.jobs(self.scenarios))
         preds = run.frame(main)
-        if self.analyses:
-            self.write_analyses(ctx, fold, run, deployed.target, main, preds)
-        return FoldResult(preds, deployed.privacy, deployed.accounting)
+        analyses = self.analysis_rows(ctx, fold, run, deployed.target, main, preds) \
+            if self.analyses else None
+        return FoldResult(preds, deployed.privacy, deployed.accounting, analyses)
 
-    def write_analyses(self, ctx: EvalContext, fold: int, run: _FoldRun, target: Target,
-                       main: _Leakage, preds: pd.DataFrame) -> None:
-        """This fold's analysis rows, then every analysis's table and plot over the folds
-        done so far (so the last fold leaves them complete, and a resumed run too)."""
-        analyses = _items(self.analyses, ANALYSES, "analysis")
-        jobs = self.jobs(self.analysis_scenarios)
+    def analysis_views(self) -> dict[str, AnalysisView]:
+        return {name: ANALYSES[name] for name in _items(self.analyses, ANALYSES, "analysis")}
+
+    def analysis_rows(self, ctx: EvalContext, fold: int, run: _FoldRun, target: Target,
+                      main: _Leakage, preds: pd.DataFrame) -> pd.DataFrame:
+        """This fold's rows of every analysis (the results stage writes their tables and
+        plots). The models the features analysis compares come from the deployment stage,
+        trained through the deployed defense as T is."""
+        analyses, jobs = self.analysis_views(), self.jobs(self.analysis_scenarios)
         frames = [preds.assign(analysis="main")]
         if "layers" in analyses:
             for layer in readable_layers(self.target, self.size):
                 result = run.leakage(target, layer, jobs, main if layer == self.k else None)
                 frames.append(run.frame(result, jobs).assign(analysis="layers", layer=layer))
         if "features" in analyses:
-            families = dict.fromkeys([self.target, "lstm"])
             for features in FEATURE_SETS:
-                for family in families:
+                for family in dict.fromkeys([self.target, "lstm"]):
                     layer = default_layer(family)
                     same = (family, features, layer) == (self.target, ctx.features, self.k)
-                    model = target if same else train_target(
+                    model = target if same else deploy_split(
                         self.recipe(ctx, family, features), ctx.target, run.sides["target"][1],
-                        None, stable_seed(ctx.seed, fold, "target", family, features))
+                        ctx.defense, seed=ctx.seed, fold=fold).target
                     result = run.leakage(model, layer, jobs, main if same else None)
                     frames.append(run.frame(result, jobs).assign(
                         analysis="features", model=f"{family} on {features} ({layer})"))
-        root = ctx.out_dir / "analyses" / ctx.mode
-        write_csv(root / "folds" / f"fold-{fold}.csv",
-                  pd.concat(frames, ignore_index=True).assign(fold=fold))
-        rows = pd.concat([pd.read_csv(p, keep_default_na=False)
-                          for p in sorted((root / "folds").glob("fold-*.csv"))], ignore_index=True)
-        for name in analyses:
-            view = ANALYSES[name]
-            if view.factor not in rows:  # e.g. "utterances" without IEMOCAP's column
-                continue
-            write_analysis(rows[rows["analysis"] == view.rows], [view.factor, "group"],
-                           view.factor, "group", root / name, title=view.title,
-                           ordered=view.ordered, seed=ctx.seed)
+        return pd.concat(frames, ignore_index=True).assign(fold=fold)
 
 
 class _Leakage(NamedTuple):
@@ -397,7 +275,7 @@ class _FoldRun(FoldSides):
                         seed=seed)
         return JointHead(net, len(GENDERS)) if attacker == "aware" else net
 
-    def validation(self) -> np.ndarray | None:
+    def held_out_rows(self) -> np.ndarray | None:
         """Which rows of the target side hold the held-out validation speakers: a share
         ``validation`` of each gender's speakers (at least one), twins (``pair``) together;
         ``None`` where a gender has fewer than two speakers, or validation is off."""
@@ -426,7 +304,7 @@ class _FoldRun(FoldSides):
             return known
         sides = ["test", "target", *dict.fromkeys(SCENARIOS[s].data for s, _ in todo)]
         h = {side: self.transmitted(target, layer, side) for side in dict.fromkeys(sides)}
-        held = self.validation()
+        held = self.held_out_rows()
         val = None
         if held is not None:
             gender = self.table("target")["gender"].map(GENDERS.index).to_numpy()
@@ -439,7 +317,7 @@ class _FoldRun(FoldSides):
                                target.net.family, target.features)
             model = self.attacker(target, layer, scenario, attacker, tuple(h["test"].shape[1:]),
                                   seed)
-            fits.append(_Fit(model, h[side], self.labels(side, attacker), self.attack.epochs,
+            fits.append(Fit(model, h[side], self.labels(side, attacker), self.attack.epochs,
                              self.attack.lr, seed, h["test"],
                              len(GENDERS) if attacker == "aware" else 0, val,
                              fit_rows if val is not None and side == "target" else None,
@@ -468,9 +346,9 @@ class _FoldRun(FoldSides):
         emotion = predict_proba(target.net.after(layer), [h["test"]]).argmax(1).numpy()
         return _Leakage(gender, emotion, picked, scores)
 
-    def map(self, fits: list[_Fit]) -> Iterator[_Out]:
+    def map(self, fits: list[Fit]) -> Iterator[Out]:
         """Each fit's results, in order, from worker processes (:mod:`serbench.workers`)."""
-        return process_map(_Fit.run, fits, workers=self.attack.workers)
+        return process_map(Fit.run, fits, workers=self.attack.workers)
 
     def emotion(self, result: _Leakage) -> tuple[np.ndarray, np.ndarray]:
         """T's emotion (true, predicted) on the test speakers."""

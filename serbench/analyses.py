@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -77,3 +78,28 @@ def write_analysis(predictions: pd.DataFrame, keys: Sequence[str], x: str, serie
     plot_leakage(table[table["task"] == plotted], x, series, path.with_suffix(".png"),
                  title=title, ordered=ordered)
     return table
+
+
+class AnalysisView(NamedTuple):
+    """How one analysis an attack offers reads its saved rows: which rows (their ``analysis``
+    column), the factor, the plot's title, and whether the factor is ordered (layer depth)."""
+
+    rows: str
+    factor: str
+    title: str
+    ordered: bool = False
+
+
+def write_analyses(root: Path, fold: int, rows: pd.DataFrame, views: dict[str, AnalysisView],
+                   seed: int) -> None:
+    """Save one fold's analysis rows under ``root``, then write every view's table and plot
+    over the folds saved so far (so the last fold leaves them complete, and a resumed run
+    too). A view whose factor the rows lack (IEMOCAP's "utterances" elsewhere) is skipped."""
+    write_csv(root / "folds" / f"fold-{fold}.csv", rows)
+    saved = pd.concat([pd.read_csv(p, keep_default_na=False)
+                       for p in sorted((root / "folds").glob("fold-*.csv"))], ignore_index=True)
+    for name, view in views.items():
+        if view.factor in saved:
+            write_analysis(saved[saved["analysis"] == view.rows], [view.factor, "group"],
+                           view.factor, "group", root / name, title=view.title,
+                           ordered=view.ordered, seed=seed)

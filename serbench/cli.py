@@ -86,23 +86,32 @@ def eval_cmd(
              "it.")] = None,
 ) -> None:
     """Run an attack against a defense on a corpus and report utility vs leakage."""
-    from serbench.config import merge, read_config, write_run_config
+    given = dict(locals())  # every option, by its parameter's name
+    from serbench.config import KEYS, merge, read_config
+
+    typed = {name: value for name, value in given.items() if name in KEYS}
+    typed |= {key: _pairs(given[name] or [], option) or None
+              for name, (key, option) in PAIRED_OPTIONS.items()}
+    typed |= {k: str(typed[k]) for k in ("data_root", "out") if typed[k]}
+    typed |= {k: typed[k] or None for k in ("shadow_root", "analysis")}
+    _evaluate(merge(read_config(config) if config else {},
+                    {k: v for k, v in typed.items() if v is not None}))
+
+
+#: The options given as KEY=VALUE pairs: their configuration key and their name.
+PAIRED_OPTIONS = {"dataset_option": ("dataset_options", "--dataset-option"),
+                  "attack_param": ("attack_params", "--attack-param"),
+                  "param": ("defense_params", "--param")}
+
+
+def _evaluate(options: dict) -> None:
+    """``serbench eval`` with ``options`` merged from --config and the command line: one run,
+    or a sweep of one defense parameter against the undefended baseline."""
+    from serbench.config import write_run_config
     from serbench.progress import RichReporter
     from serbench.report import print_report, print_sweep
     from serbench.runner import eval_config, run_eval
 
-    typed = {  # only what was typed: it overrides the --config file
-        "attack": attack, "defense": defense, "dataset": dataset,
-        "data_root": str(data_root) if data_root else None, "shadow": shadow,
-        "shadow_root": shadow_root or None, "features": features, "folds": folds, "seed": seed,
-        "engine": engine, "layer": layer, "analysis": analysis or None,
-        "out": str(out) if out else None,
-        "dataset_options": _pairs(dataset_option or [], "--dataset-option") or None,
-        "attack_params": _pairs(attack_param or [], "--attack-param") or None,
-        "defense_params": _pairs(param or [], "--param") or None,
-    }
-    options = merge(read_config(config) if config else {},
-                    {k: v for k, v in typed.items() if v is not None})
     cfg, out = eval_config(options)
     swept = {k: v.split(",") for k, v in cfg.defense_params.items() if "," in v}
     if len(swept) > 1:

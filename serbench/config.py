@@ -10,25 +10,68 @@ command line would reject the file cannot smuggle in.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from serbench.errors import SerbenchError
+from serbench.protocol import DISJOINT
 
-#: Top-level keys: the ``eval`` options (``param`` is ``defense_params``, ``attack-param``
-#: ``attack_params``, ``dataset-option`` ``dataset_options``).
-SCALARS = ("attack", "defense", "dataset", "data_root", "shadow", "features", "folds", "engine",
-           "layer", "out")
-LISTS = ("shadow_root", "analysis")
-TABLES = ("dataset_options", "attack_params", "defense_params")
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation's numbers."""
+
+    attack: str
+    defense: str = "none"
+    dataset: str = "synth"
+    data_root: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    shadow: str = DISJOINT
+    shadow_root: list[str] = field(default_factory=list)
+    features: str | None = None
+    folds: list[int] | None = None
+    seed: int = 0
+    engine: str = "inprocess"
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    defense_params: dict[str, Any] = field(default_factory=dict)
+
+
+def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
+    """The :class:`EvalConfig` and ``--out`` the options describe (defaults
+    for what they leave out); ``layer`` and ``analysis`` go into the attack's parameters."""
+    if not options.get("attack"):
+        raise SerbenchError("no attack: give --attack NAME (or attack = \"NAME\" in --config)")
+    attack_params = dict(options.get("attack_params", {}))
+    if options.get("layer") is not None:
+        attack_params["layer"] = options["layer"]
+    if options.get("analysis"):
+        attack_params["analyses"] = ",".join(options["analysis"])
+    given = {k: options[k] for k in RUN_KEYS if k not in ("attack", "folds", "attack_params")
+             and options.get(k) is not None}
+    cfg = EvalConfig(attack=options["attack"], folds=parse_folds(options.get("folds", "all")),
+                     attack_params=attack_params, **given)
+    out = options.get("out")
+    return cfg, Path(out) if out is not None else None
+
+
+#: The one list of configuration keys, from :class:`EvalConfig`: written to a run directory's
+#: config.toml in this order; with the options that are not its fields (``layer`` and
+#: ``analysis`` go into the attack's parameters, ``out`` names the run directory), the
+#: top-level keys of a --config file and the ``eval`` command's options (``param`` is
+#: ``defense_params``, ``attack-param`` ``attack_params``, ``dataset-option``
+#: ``dataset_options``).
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig))
+TABLES = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.default_factory is dict)
+LISTS = (*(f.name for f in dataclasses.fields(EvalConfig) if f.default_factory is list),
+         "analysis")
+SCALARS = (*(k for k in RUN_KEYS if k not in (*TABLES, *LISTS, "seed")), "layer", "out")
 KEYS = (*SCALARS, "seed", *LISTS, *TABLES)
-#: Written to a run directory's config.toml, in this order (the EvalConfig fields).
-RUN_KEYS = ("attack", "defense", "dataset", "data_root", "shadow", "shadow_root", "features",
-            "folds", "seed", "engine", "dataset_options", "attack_params", "defense_params")
 RUN_HEADER = ("# serbench eval --config THIS_FILE re-runs this run (into a new directory unless\n"
               "# --out is given); options given on the command line override the file.\n")
 

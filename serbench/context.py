@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from serbench.corpora.data import CorpusData
@@ -15,6 +14,7 @@ from serbench.progress import NullReporter, Reporter
 from serbench.scoring import Role
 
 if TYPE_CHECKING:
+    from serbench.analyses import AnalysisView
     from serbench.deploy import Deployment, Recipe
     from serbench.results import FoldResult
 
@@ -35,8 +35,6 @@ class EvalContext:
     reporter: Reporter = field(default_factory=NullReporter)
     #: FL engine name (see :data:`serbench.fl.ENGINES`) for attacks on the UPDATE surface.
     engine: str = "inprocess"
-    #: The run directory, for attacks that write tables and plots beside the results.
-    out_dir: Path | None = None
 
 
 @dataclass
@@ -76,6 +74,11 @@ class Attack(Plugin, ABC):
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: Deployment) -> FoldResult:
         """Attack ``deployed`` (the target trained without ``fold``'s speakers) and return the
         predictions on what it attacked."""
+
+    def analysis_views(self) -> dict[str, AnalysisView]:
+        """The analyses this run writes (tables and plots of leakage by a factor), read from
+        the rows :attr:`FoldResult.analyses` holds: none by default."""
+        return {}
 
     def role(self, task: str, group: str) -> Role:
         """What the measure ``task@group`` of this attack's predictions says (SPEC §6): the

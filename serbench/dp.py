@@ -19,7 +19,7 @@ from scipy.stats import binom
 
 from serbench.errors import SerbenchError
 
-#: How serbench's FL engines choose each round's clients (``serbench.fl.engine.federate``).
+#: How serbench's FL engines choose each round's clients (``serbench.fl.engine.server_loop``).
 SERVER_SAMPLING = "fixed-size without replacement, chosen by the server"
 
 

@@ -59,8 +59,11 @@ class FoldResult:
     predictions: pd.DataFrame
     extras: dict[str, float] = field(default_factory=dict)
     #: How the deployed defense's guarantee was accounted on this fold (accountant, δ, rounds,
-    #: sampling scheme, neighbouring relation, ...: :meth:`Defense.accounting`), if it has one.
+    #: sampling scheme, neighbouring relation, ...: :meth:`Guarantee.accounting`), if any.
     accounting: dict[str, Any] = field(default_factory=dict)
+    #: Rows of the analyses the attack offers (:meth:`Attack.analysis_views`), written by the
+    #: results stage as tables and plots; not part of the fold's result.
+    analyses: pd.DataFrame | None = field(default=None, compare=False)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -213,20 +216,19 @@ class RunResult:
     #: The role the attack declared for each measure (``task@group`` -> utility, leakage, ...).
     roles: dict[str, Role]
 
-    def headline(self) -> dict[str, float]:
-        """SPEC §5: utility, and per leakage (or robust utility) measure the stronger attack
-        mode's pooled UAR."""
+    def stronger_mode(self) -> dict[str, float]:
+        """SPEC §5: utility, and per scored measure the pooled UAR of the attack mode that is
+        worse for the defense (the direction its role declares); a sweep's row."""
         out: dict[str, float] = {}
         for mode in self.modes:
             for row in mode.pooled.itertuples():
                 name = measure_name(row.task, row.group)
                 key, role = f"{name}.uar", self.roles[name]
-                if role is Role.LEAKAGE:
-                    out[key] = max(out.get(key, 0.0), row.uar)
-                elif role is Role.ROBUST:
-                    out[key] = min(out.get(key, 1.0), row.uar)
-                elif role is Role.UTILITY:
+                if role is Role.UTILITY:
                     out[key] = row.uar  # the target's training does not depend on the mode
+                elif role is not Role.UNSCORED:
+                    pick = max if role.higher_is_worse else min
+                    out[key] = pick(out.get(key, row.uar), row.uar)
             for name, value in mode.extras.items():
                 out.setdefault(name, value)
         return out
@@ -234,7 +236,7 @@ class RunResult:
     def worst(self) -> Worst | None:
         """The worst case for the defense over modes and measures (leakage, or robust UAR
         where the attack reports no leakage), its CI widened for the choice."""
-        for role in (Role.LEAKAGE, Role.ROBUST):
+        for role in (Role.LEAKAGE, Role.LINKABILITY, Role.ROBUST):
             cells = {(m.mode, name): frame for m in self.modes
                      for (task, group), frame in m.predictions().groupby(["task", "group"],
                                                                        sort=False)

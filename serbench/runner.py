@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from serbench.config import parse_folds, write_run_config
+from serbench.config import EvalConfig, eval_config, write_run_config
 from serbench.context import Attack, EvalContext
 from serbench.deploy import deploy
 from serbench.errors import SerbenchError
@@ -29,44 +29,6 @@ from serbench.results import FoldResult, ModeResult, RunDir, RunResult, environm
 from serbench.scoring import measure_name, pooled, spread
 from serbench.testing import contract_problems
 from serbench.threads import fixed_threads
-
-
-@dataclass
-class EvalConfig:
-    """Everything that determines an evaluation's numbers."""
-
-    attack: str
-    defense: str = "none"
-    dataset: str = "synth"
-    data_root: str | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    shadow: str = DISJOINT
-    shadow_root: list[str] = field(default_factory=list)
-    features: str | None = None
-    folds: list[int] | None = None
-    seed: int = 0
-    engine: str = "inprocess"
-    attack_params: dict[str, Any] = field(default_factory=dict)
-    defense_params: dict[str, Any] = field(default_factory=dict)
-
-
-def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
-    """The :class:`EvalConfig` and ``--out`` the options describe (defaults
-    for what they leave out); ``layer`` and ``analysis`` go into the attack's parameters."""
-    if not options.get("attack"):
-        raise SerbenchError("no attack: give --attack NAME (or attack = \"NAME\" in --config)")
-    attack_params = dict(options.get("attack_params", {}))
-    if options.get("layer") is not None:
-        attack_params["layer"] = options["layer"]
-    if options.get("analysis"):
-        attack_params["analyses"] = ",".join(options["analysis"])
-    fields = {k: options[k] for k in ("defense", "dataset", "data_root", "shadow", "shadow_root",
-                                      "features", "seed", "engine", "dataset_options",
-                                      "defense_params") if options.get(k) is not None}
-    cfg = EvalConfig(attack=options["attack"], folds=parse_folds(options.get("folds", "all")),
-                     attack_params=attack_params, **fields)
-    out = options.get("out")
-    return cfg, Path(out) if out is not None else None
 
 
 def attack_modes(attack: Attack, defense: Defense) -> list[str]:
@@ -143,7 +105,7 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     # defense (same parameters, its own state), as scikit-learn's clone would give it.
     contexts = {mode: EvalContext(target, shadow, defense,
                                   dataclasses.replace(defense) if mode == "adaptive" else none,
-                                  features, cfg.seed, mode, reporter, cfg.engine, run_dir.path)
+                                  features, cfg.seed, mode, reporter, cfg.engine)
                 for mode in modes}
     done = {mode: {f: run_dir.load_fold(mode, f) for f in folds} for mode in modes}
     for mode, ctx in contexts.items():
@@ -158,6 +120,11 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
                           reporter=reporter) if todo else None
         for mode in todo:
             done[mode][fold] = attack.evaluate_fold(contexts[mode], fold, deployed)
+            if (rows := done[mode][fold].analyses) is not None:  # before the fold counts done
+                from serbench.analyses import write_analyses  # matplotlib: only when needed
+
+                write_analyses(run_dir.path / "analyses" / mode, fold, rows,
+                               attack.analysis_views(), cfg.seed)
             run_dir.save_fold(mode, fold, done[mode][fold])
             reporter.log(f"{mode} fold {fold} done")
         del deployed  # the fold's target and its updates need not outlive it
@@ -209,7 +176,7 @@ def _write_outputs(result: RunResult, env: dict[str, Any]) -> None:
     write_csv(path / "predictions.csv", preds)
     worst = result.worst()
     write_json(path / "summary.json", {
-        "headline": result.headline(),
+        "stronger_mode": result.stronger_mode(),
         "worst": None if worst is None else asdict(worst),
         "bound_violations": result.violations,
         "measures": {name: str(role) for name, role in result.roles.items()},

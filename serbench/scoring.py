@@ -38,7 +38,14 @@ class Role(StrEnum):
     UTILITY = "utility"  #: clean emotion UAR of the deployed model
     LEAKAGE = "leakage"  #: the attacker's gender UAR: higher is worse
     ROBUST = "robust"  #: emotion UAR under an adversarial attack: lower is worse
+    LINKABILITY = "linkability"  #: a speaker-verification EER: lower is worse (0.5: unlinkable)
     UNSCORED = "unscored"  #: reported, never scored (e.g. a randomised defense without EOT)
+
+    @property
+    def higher_is_worse(self) -> bool:
+        """The direction of the measure for the defense: every worst case, Pareto front and
+        stronger-mode pick reads it from the role, never from a measure's name."""
+        return self is Role.LEAKAGE
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Measure:
 
     @property
     def higher_is_worse(self) -> bool:
-        return self.role is Role.LEAKAGE
+        return self.role.higher_is_worse
 
 
 def measure_name(task: str, group: str) -> str:
@@ -232,7 +239,7 @@ def worst_case(cells: dict[tuple[str, str], pd.DataFrame], role: Role,
         return None
     values = {key: uar(f["y_true"].to_numpy(), f["y_pred"].to_numpy())
               for key, f in scored.items()}
-    pick = max if role is Role.LEAKAGE else min
+    pick = max if role.higher_is_worse else min
     key = pick(values, key=values.get)
     k = len(values)
     level = 1 - (1 - LEVEL) / k

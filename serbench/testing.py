@@ -12,6 +12,7 @@ one-line errors for bad parameters.
 
 from __future__ import annotations
 
+import copy
 import pickle
 import random
 from collections.abc import Callable, Iterator
@@ -77,6 +78,7 @@ def unrandomized(defense: Defense) -> list[str]:
     if defense.tags.randomized:
         return []
     problems = []
+    defense = copy.deepcopy(defense)  # calibrating it must not change the caller's instance
     for name, apply in _transforms(defense, whole_update=False).items():
         with torch.random.fork_rng(devices=[]):
             a, b = (_tensors(apply(torch.Generator().manual_seed(s))) for s in (7, 8))

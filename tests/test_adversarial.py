@@ -97,7 +97,7 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
     metrics = [(tmp_path / run / "metrics.csv").read_text() for run in ("a", "b")]
     assert metrics[0] == metrics[1]
     adaptive = first.modes[1].pooled.set_index("group")
-    assert first.headline()["emotion@robust/eot-pgd.uar"] == adaptive.loc["robust/eot-pgd", "uar"]
+    assert first.stronger_mode()["emotion@robust/eot-pgd.uar"] == adaptive.loc["robust/eot-pgd", "uar"]
     assert second.modes[1].folds[1].extras["linf"] == pytest.approx(0.05, abs=1e-5)
     other = run_eval(EvalConfig(**{**cfg.__dict__, "seed": 4}), tmp_path / "c")
     assert other.modes[1].folds[1].metrics != first.modes[1].folds[1].metrics

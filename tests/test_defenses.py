@@ -71,7 +71,7 @@ def test_headline_reports_the_stronger_attack_mode(tmp_path) -> None:
     leak = {m.mode: float(m.pooled.query("task == 'gender'")["uar"].iloc[0])
             for m in result.modes}
     assert set(leak) == {"non-adaptive", "adaptive"}
-    assert result.headline()["gender@n=1.uar"] == max(leak.values())
+    assert result.stronger_mode()["gender@n=1.uar"] == max(leak.values())
 
 
 def test_noise_adaptive_attacker_leaks_at_least_as_much(tmp_path) -> None:

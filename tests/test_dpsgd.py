@@ -199,6 +199,6 @@ def test_cli_fedavg_against_dpsgd_reports_epsilon_and_repeats(tmp_path: Path) ->
         assert result.exit_code == 0, result.output
         assert "epsilon = " in result.output
         runs.append(out)
-    headline = json.loads((runs[0] / "summary.json").read_text())["headline"]
+    headline = json.loads((runs[0] / "summary.json").read_text())["stronger_mode"]
     assert 9.9 <= headline["epsilon"] <= 10.0 and headline["delta"] == 1e-5
     assert (runs[0] / "metrics.csv").read_text() == (runs[1] / "metrics.csv").read_text()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from serbench.analyses import write_analyses
 from serbench.attacks.intercept import InterceptAttack
 from serbench.context import EvalContext
 from serbench.defenses.none import NoDefense
@@ -120,7 +121,7 @@ def small_context(tmp_path: Path, defense: Defense, shadow_defense: Defense,
     data.table = data.table.assign(**(table_extra or {}))
     data.features("logmel")
     target, shadow = split_disjoint(data, 0)
-    return EvalContext(target, shadow, defense, shadow_defense, "logmel", 0, out_dir=tmp_path)
+    return EvalContext(target, shadow, defense, shadow_defense, "logmel", 0)
 
 
 def test_improvised_analysis_splits_iemocap_style_tables(tmp_path: Path) -> None:
@@ -129,8 +130,10 @@ def test_improvised_analysis_splits_iemocap_style_tables(tmp_path: Path) -> None
     attack = InterceptAttack(epochs=1, target_epochs=1, scenarios="worst",
                              attackers="generic", analyses="improvised")
     attack.fit(ctx)
-    evaluate_fold(attack, ctx, 1)
-    table = pd.read_csv(tmp_path / "analyses" / "non-adaptive" / "improvised.csv")
+    result = evaluate_fold(attack, ctx, 1)
+    # The attack returns the rows; the results stage writes the tables and plots.
+    write_analyses(tmp_path, 1, result.analyses, attack.analysis_views(), ctx.seed)
+    table = pd.read_csv(tmp_path / "improvised.csv")
     assert set(table.query("task == 'gender'")["utterances"]) == {"improvised", "scripted"}
 
 
@@ -227,7 +230,7 @@ def test_worst_validates_on_held_out_training_speakers_and_picks_the_best(tmp_pa
     attack = InterceptAttack(epochs=2, target_epochs=1, attackers="generic", workers=1)
     attack.fit(ctx)
     run = _FoldRun(attack, ctx, 1)
-    held = run.validation()
+    held = run.held_out_rows()
     side = run.table("target")
     val_speakers = set(side.loc[held, "speaker"])
     assert not val_speakers & set(run.table("test")["speaker"])
@@ -247,11 +250,11 @@ def test_too_few_speakers_fall_back_to_fixed_epochs(tmp_path: Path) -> None:
     from serbench.attacks.intercept import _FoldRun
 
     ctx = small_context(tmp_path, NoDefense(), NoDefense())
-    assert _FoldRun(InterceptAttack(validation=0), ctx, 1).validation() is None
+    assert _FoldRun(InterceptAttack(validation=0), ctx, 1).held_out_rows() is None
     one_each = ctx.target.table.drop_duplicates("gender")["speaker"]
     ctx.target.table = ctx.target.table[ctx.target.table["speaker"].isin(one_each)
                                         | (ctx.target.table["fold"] == 1)]
-    assert _FoldRun(InterceptAttack(), ctx, 1).validation() is None
+    assert _FoldRun(InterceptAttack(), ctx, 1).held_out_rows() is None
 
 
 def _bounded(fold: int, worst: list[int], other: list[int]) -> pd.DataFrame:

@@ -30,7 +30,7 @@ def opacus_epsilon(z: float, sample_rate: float, steps: int, delta: float) -> fl
 
 
 def most_participations(n_clients: int, per_round: int, rounds: int, seed: int) -> int:
-    """The schedule as ``serbench.fl.engine.federate`` draws it: ``rng =
+    """The schedule as ``serbench.fl.engine.server_loop`` draws it: ``rng =
     np.random.default_rng(seed)``, then each round ``rng.choice(n_clients, per_round,
     replace=False)``. The server draws it, so it knows every client's participations; the
     most any client has is the count the headline ε composes."""

@@ -204,7 +204,7 @@ ClientUpdates = Callable[[Params, int, Sequence[int]], Sequence[Params]]
 #: How an in-process engine computes one round's updates: the clients' training data and
 #: seeds, in order, on the global parameters (defense, round). :func:`serial_updates` is the
 #: reference; :mod:`serbench.fl.batched` computes the same updates as one batched computation.
-#: The updates need only stay valid until the next call (:func:`federate` records and
+#: The updates need only stay valid until the next call (:func:`server_loop` records and
 #: aggregates them within the round), so an engine may reuse their storage.
 RoundUpdates = Callable[[Params, Sequence[tuple[torch.Tensor, torch.Tensor]], FLConfig,
                          Sequence[int], Defense | None, int], list[Params]]
@@ -241,7 +241,7 @@ def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
 
     params = init if init is not None else init_params(x.shape[1], cfg, seed)
     with single_thread():
-        return federate(updates, params, clients, cfg, seed, record=record,
+        return server_loop(updates, params, clients, cfg, seed, record=record,
                         probe_rounds=probe_rounds, on_round=on_round, on_global=on_global,
                         keep=keep)
 
@@ -322,11 +322,12 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def federate(updates: ClientUpdates, params: Params, clients: Sequence[Client], cfg: FLConfig,
-             seed: int, *, record: Sequence[str] = (), probe_rounds: Collection[int] = (),
-             on_round: Callable[[int], None] | None = None,
-             on_global: Callable[[int, Params], None] | None = None,
-             keep: Keep | None = None) -> FLRun:
+def server_loop(updates: ClientUpdates, params: Params, clients: Sequence[Client],
+                cfg: FLConfig, seed: int, *, record: Sequence[str] = (),
+                probe_rounds: Collection[int] = (),
+                on_round: Callable[[int], None] | None = None,
+                on_global: Callable[[int, Params], None] | None = None,
+                keep: Keep | None = None) -> FLRun:
     """The honest-but-curious server's loop, shared by every engine: sample the round's
     clients, collect their ``updates``, record them (``keep``: what of each is stored; default
     the ``record``ed parameters), aggregate the sampled ones.

@@ -1,7 +1,7 @@
 """``--engine flower``: federated training on Flower's simulation engine (Ray), one machine.
 
 A drop-in for :func:`serbench.fl.engine.run_federated`. The ServerApp runs in this process (a
-thread of ``run_simulation``) around :func:`serbench.fl.engine.federate`, so it records every
+thread of ``run_simulation``) around :func:`serbench.fl.engine.server_loop`, so it records every
 update and returns the run directly. Clients run in Ray actors, one per CPU: the features go to
 one temporary partition file that every virtual SuperNode reads (one node per client), and the
 ClientApp is the one SuperNodes run in a deployment (:mod:`serbench.fl.flower_apps`).

@@ -10,7 +10,7 @@ One protocol serves the simulation engine (:mod:`serbench.fl.flower`) and the de
   client's rows in that node's partition, their labels, the client's seed, the round and the
   (pickled) defense. The ClientApp runs :func:`serbench.fl.engine.local_update` on them: the
   function the in-process engine runs, defense included, so updates are bit-identical.
-- The server's loop is :func:`serbench.fl.engine.federate`, with a Flower round trip as the way
+- The server's loop is :func:`serbench.fl.engine.server_loop`, with a Flower round trip as the way
   clients are run: the honest-but-curious server records every update there, exactly as
   in-process.
 """
@@ -32,7 +32,7 @@ import torch
 
 from serbench.errors import SerbenchError
 from serbench.fl.clients import Client
-from serbench.fl.engine import (FLConfig, FLRun, Keep, Params, federate, init_params,
+from serbench.fl.engine import (FLConfig, FLRun, Keep, Params, server_loop, init_params,
                                 local_update)
 from serbench.plugins import Defense
 from serbench.seeds import client_seed
@@ -249,7 +249,7 @@ def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = N
           on_global: Callable[[int, Params], None] | None = None,
           keep: Keep | None = None) -> FLRun:
     """The ServerApp's work for both engines: place clients, then run
-    :func:`serbench.fl.engine.federate` with each round's clients trained over ``grid``."""
+    :func:`serbench.fl.engine.server_loop` with each round's clients trained over ``grid``."""
     placement = _place(grid, job)
     fl = ConfigRecord(asdict(job.cfg))
 
@@ -266,7 +266,7 @@ def serve(grid: Grid, job: FlowerJob, on_round: Callable[[int], None] | None = N
         replies = _exchange(grid, messages, job.timeout, f"round {rnd + 1}")
         return [dict(replies[label].content["update"].to_torch_state_dict()) for label in messages]
 
-    return federate(updates, job.init, job.clients, job.cfg, job.seed, record=job.record,
+    return server_loop(updates, job.init, job.clients, job.cfg, job.seed, record=job.record,
                     probe_rounds=job.probe_rounds, on_round=on_round, on_global=on_global,
                     keep=keep)
 

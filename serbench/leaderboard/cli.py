@@ -81,7 +81,7 @@ def verify_cmd(
     ] = "all",
     tolerance: Annotated[Optional[float], typer.Option(
         help="Smallest tolerance of any UAR (default 0.01); each number's own is derived from "
-             "its sampling noise (its CI half-width).")] = None,
+             "its sampling error (its CI half-width).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Keep the re-runs here (resumable); default: a temporary directory.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(

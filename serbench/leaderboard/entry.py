@@ -9,6 +9,7 @@ re-runs its configuration to check the predictions themselves.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.tracks import TRACKS, UTILITY, Track
+from serbench.leaderboard.tracks import TRACKS, Track
 from serbench.scoring import LOW_FPRS, Role, measure_metrics, measure_name, pooled, spread, uar, \
     worst_case
 
@@ -36,7 +37,7 @@ SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)
 #: Privacy numbers an attack may report beside its metrics, and the headline key of each:
 #: ``epsilon`` is a DP guarantee (its accounting context says against whom), ``nominal_epsilon``
-#: a parameter that guarantees nothing (``udp-ref``).
+#: a parameter that guarantees nothing (a reference mechanism's nominal ε).
 EPSILONS = ("epsilon", "nominal_epsilon")
 SCHEMA_PATH = Path(__file__).with_name("entry.schema.json")
 #: Larger files are refused before parsing (the biggest corpus's entry is a few MB).
@@ -151,6 +152,7 @@ def read_entry(path: Path, directory: Path | None = None) -> Entry:
     except (UnicodeDecodeError, ValueError) as exc:
         raise SerbenchError(f"{path}: not valid JSON ({exc})") from None
     validate(data, str(path))
+    upgrade(data)
     if directory is not None and entry_path(directory, data).resolve() != path.resolve():
         raise SerbenchError(f"{path}: entry {data['corpus']}/{data['surface']}/{data['name']} "
                             f"must be stored as {entry_path(directory, data)}")
@@ -259,14 +261,51 @@ def measure_stats(records: list[dict[str, Any]], bootstrap_seed: int) -> dict[st
 
 
 def compute_results(data: dict[str, Any]) -> dict[str, Any]:
-    """``results`` and ``headline`` of an entry, from its predictions and extras only."""
+    """``results`` and ``headline`` of an entry, from its predictions, extras and measure
+    roles only."""
     seed = min(data["protocol"]["seeds"])
     results = {attack: {mode: measure_stats(records, seed) for mode, records in modes.items()}
                for attack, modes in data["predictions"].items()}
     return {"results": results,
             "headline": headline(results, data["extras"], TRACKS[data["surface"]],
-                                 predictions=data["predictions"], seed=seed,
-                                 version=data["schema_version"])}
+                                 measure_roles(data), predictions=data["predictions"],
+                                 seed=seed, version=data["schema_version"])}
+
+
+Roles = dict[str, dict[str, Role]]
+
+
+def measure_roles(data: dict[str, Any]) -> Roles:
+    """attack -> measure -> its role, as the entry recorded them from its runs (``roles``);
+    :func:`upgrade` fills them in, on read, for an entry made before entries recorded them."""
+    return {attack: {m: Role(r) for m, r in measures.items()}
+            for attack, measures in data["roles"].items()}
+
+
+@functools.cache
+def _declared_role(attack: str, measure: str) -> Role:
+    """The role an installed attack declares for ``measure`` (never a file's: entries are data)."""
+    from serbench.registry import entry_point_names, load_plugin
+
+    if attack not in entry_point_names("attack"):
+        raise SerbenchError(f"attack {attack!r} is not installed: an entry that records no "
+                            f"measure roles needs its attacks' declarations")
+    task, _, group = measure.partition("@")
+    return load_plugin("attack", attack)().role(task, group)
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """An entry in the shape every reader expects, whatever version wrote it (done once, on
+    read): entries made before entries recorded their measures' roles get the roles their
+    attacks declare (every such entry's attacks are built-ins); version 1 entries state no
+    nominal ε and no accounting context."""
+    if "roles" not in data:
+        data["roles"] = {attack: {r["measure"]: str(_declared_role(attack, r["measure"]))
+                                  for records in modes.values() for r in records}
+                         for attack, modes in data["predictions"].items()}
+    if data["schema_version"] < 2:
+        data["headline"].setdefault("nominal_epsilon", None)
+    return data
 
 
 def restricted_to_seeds(data: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
@@ -300,7 +339,7 @@ def _cell(attack: str, mode: str, measure: str, stats: dict[str, Any]) -> dict[s
 
 
 def _worst_of_many(results: dict[str, Any], predictions: dict[str, Any], track: Track,
-                   seed: int) -> dict[str, Any] | None:
+                   roles: Roles, seed: int) -> dict[str, Any] | None:
     """The worst case over the track's scored measures, by :func:`serbench.scoring.worst_case`:
     its CI widened (Bonferroni) for the number of measures it was chosen from."""
     frames, where = {}, {}
@@ -309,10 +348,10 @@ def _worst_of_many(results: dict[str, Any], predictions: dict[str, Any], track: 
             frame = decode_predictions(records)
             for (task, group), rows in frame.groupby(["task", "group"], sort=False):
                 measure = measure_name(task, group)
-                if track.scored(measure):
+                if roles[attack][measure] is track.role:
                     key = (f"{attack} {mode}", measure)
                     frames[key], where[key[0]] = rows, (attack, mode)
-    worst = worst_case(frames, Role.LEAKAGE if track.higher_is_worse else Role.ROBUST, seed)
+    worst = worst_case(frames, track.role, seed)
     if worst is None:
         return None
     attack, mode = where[worst.mode]
@@ -322,7 +361,7 @@ def _worst_of_many(results: dict[str, Any], predictions: dict[str, Any], track: 
             "candidates": worst.candidates}
 
 
-def headline(results: dict[str, Any], extras: dict[str, Any], track: Track, *,
+def headline(results: dict[str, Any], extras: dict[str, Any], track: Track, roles: Roles, *,
              predictions: dict[str, Any] | None = None, seed: int = 0,
              version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """SPEC §7's headline: utility (the lowest emotion UAR among the suite's targets: no
@@ -331,21 +370,23 @@ def headline(results: dict[str, Any], extras: dict[str, Any], track: Track, *,
 
     Version 2: the worst case's CI is widened for the number of measures it was chosen from
     (SPEC §6: the maximum of k noisy measures is biased upwards), which needs the
-    ``predictions``; a nominal ε (``udp-ref``) is kept apart from a DP ε. Version 1 entries keep
+    ``predictions``; a nominal ε is kept apart from a DP ε. Version 1 entries keep
     the plain 95% CI of the measure that attains the worst case."""
     utility = worst = None
     for attack, mode, measure, stats in cells(results):
-        if measure == UTILITY and (utility is None or stats["uar"] < utility["uar"]):
+        role = roles[attack][measure]
+        if role is Role.UTILITY and (utility is None or stats["uar"] < utility["uar"]):
             utility = _cell(attack, mode, measure, stats)
-        if track.scored(measure) and (worst is None or track.worse(stats["uar"], worst["uar"])):
+        if role is track.role and (worst is None or track.worse(stats["uar"], worst["uar"])):
             worst = _cell(attack, mode, measure, stats)
     if utility is None or worst is None:
-        raise SerbenchError(f"the runs report no {UTILITY if utility is None else track.prefix}"
-                            f"* measure, which the {track.surface} track is scored by")
+        missing = Role.UTILITY if utility is None else track.role
+        raise SerbenchError(f"the runs report no {missing} measure, which the {track.surface} "
+                            f"track is scored by")
     if version >= 2:
         if predictions is None:
             raise SerbenchError("a version 2 headline needs the entry's predictions")
-        worst = _worst_of_many(results, predictions, track, seed)
+        worst = _worst_of_many(results, predictions, track, roles, seed)
 
     def largest(key: str) -> float | None:
         values = [v[key] for modes in extras.values() for v in modes.values() if key in v]

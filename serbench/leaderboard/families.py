@@ -2,46 +2,38 @@
 undefended baseline each defended entry is compared with (attacker adequacy).
 
 A family is the entries of a track with the same defense and the same parameters apart from its
-strength: ε for ``udp``, ``dpsgd`` and ``udp-ref`` (nominal), σ or SNR for ``noise``, the
-training attack's budget for ``adv``. A defense serbench does not know is grouped by the one
-numeric parameter that varies between its entries, if there is one. Entries are data: the
-strength is read from ``defense.params``, which every entry records.
+strength: the parameter the defense declares as its strength (``Tags.strength``, e.g. ε, σ or
+the training attack's budget), read from ``defense.params``, which every entry records. A
+defense whose code is not at hand is grouped by the one numeric parameter that varies between
+its entries, if there is one. The board knows no defense by name but the undefended baseline.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from serbench.leaderboard.entry import Entry, describe_deviations, restricted_to_seeds
-from serbench.registry import load_plugin
+from serbench.registry import entry_point_names, load_plugin
 
-#: Per built-in defense, the parameters that set its strength, in order of preference (the
-#: first one an entry sets is its family's axis).
-STRENGTHS: dict[str, tuple[str, ...]] = {
-    "udp": ("epsilon", "noise_multiplier"),
-    "dpsgd": ("epsilon", "noise_multiplier"),
-    "udp-ref": ("epsilon",),
-    "noise": ("sigma", "snr_db"),
-    "adv": ("eps",),
-}
-#: How an axis is written in labels.
-SYMBOLS = {"epsilon": "ε", "noise_multiplier": "z", "sigma": "σ", "snr_db": "SNR dB",
-           "eps": "eps"}
-#: The defense whose entries are the attacker-adequacy baseline.
+#: The defense whose entries are the attacker-adequacy baseline (a protocol concept).
 BASELINE = "none"
+
+
+@functools.cache
+def declared_strength(ref: str) -> tuple[tuple[str, str], ...]:
+    """The strength parameters, with their symbols, that the defense an entry names (its
+    ``ref``) declares, where it is an installed plugin; none for a defense named by a file,
+    which the board never imports (entries are data, never code)."""
+    if ref not in entry_point_names("defense"):
+        return ()
+    return load_plugin("defense", ref).tags.strength
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def symbol(defense: str, axis: str) -> str:
-    """``udp-ref``'s ε is nominal: a parameter, not a guarantee."""
-    if defense == "udp-ref" and axis == "epsilon":
-        return "nominal ε"
-    return SYMBOLS.get(axis, axis)
 
 
 @dataclass
@@ -53,13 +45,20 @@ class Family:
     axis: str | None
     #: The other parameters, shared by every member.
     fixed: tuple[tuple[str, Any], ...]
+    #: Each declared strength parameter's symbol (an ε that is only a parameter reads
+    #: "nominal ε").
+    symbols: dict[str, str] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
 
     @property
+    def symbol(self) -> str:
+        return self.symbols.get(self.axis, self.axis) if self.axis else ""
+
+    @property
     def label(self) -> str:
-        """``udp (ε)``, ``noise (σ)``, ``udp (ε; clip=0.5)`` when another family of the defense
+        """``dp (ε)``, ``dp (ε) [clip=0.5]`` when another family of the defense
         differs in a fixed parameter (see :func:`families`)."""
-        text = self.defense + (f" ({symbol(self.defense, self.axis)})" if self.axis and
+        text = self.defense + (f" ({self.symbol})" if self.axis and
                                len(self.rows) > 1 else "")
         return text + (f" [{self.distinct}]" if self.distinct else "")
 
@@ -75,21 +74,21 @@ class Family:
     def strength(self, row: Row) -> str:
         """``ε=10`` (empty for a family without an axis)."""
         v = self.value(row)
-        return "" if v is None else f"{symbol(self.defense, self.axis)}={v:g}"
+        return "" if v is None else f"{self.symbol}={v:g}"
 
     def span(self) -> str:
         """``ε 1 → 1000`` over the members."""
         values = [v for r in self.rows if (v := self.value(r)) is not None]
         if not values:
             return ""
-        return f"{symbol(self.defense, self.axis)} {min(values):g} → {max(values):g}"
+        return f"{self.symbol} {min(values):g} → {max(values):g}"
 
 
-def _axis(defense: str, params: dict[str, Any], varying: list[str]) -> str | None:
-    for name in STRENGTHS.get(defense, ()):
+def _axis(strength: dict[str, str], params: dict[str, Any], varying: list[str]) -> str | None:
+    for name in strength:
         if params.get(name) is not None:
             return name
-    if defense not in STRENGTHS and len(varying) == 1 and _number(params.get(varying[0])):
+    if not strength and len(varying) == 1 and _number(params.get(varying[0])):
         return varying[0]
     return None
 
@@ -106,14 +105,14 @@ def families(rows: list[Row], worse: Any) -> list[Family]:
         keys = sorted({k for r in members for k in r.data["defense"]["params"]})
         varying = [k for k in keys if len({json.dumps(r.data["defense"]["params"].get(k))
                                            for r in members}) > 1]
+        strength = dict(declared_strength(members[0].data["defense"]["ref"]))
         found: dict[tuple, Family] = {}
         for row in members:
             params = row.data["defense"]["params"]
-            axis = _axis(defense, params, varying)
-            skip = set(STRENGTHS.get(defense, ())) | {axis}
-            fixed = tuple((k, params[k]) for k in sorted(params) if k not in skip)
+            axis = _axis(strength, params, varying)
+            fixed = tuple((k, params[k]) for k in sorted(params) if k not in {*strength, axis})
             key = (axis, json.dumps(fixed))
-            found.setdefault(key, Family(defense, axis, fixed)).rows.append(row)
+            found.setdefault(key, Family(defense, axis, fixed, strength)).rows.append(row)
         mine = list(found.values())
         if len(mine) > 1:  # name what tells them apart
             for fam in mine:

@@ -215,6 +215,7 @@ def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, An
         "runs": [{"attack": r.attack, "seed": r.seed, "content_hash": r.content_hash,
                   "config": r.config, "environment": r.environment} for r in runs],
         "predictions": predictions, "extras": extras, "accounting": merge_accounting(runs),
+        "roles": {r.attack: r.summary["measures"] for r in runs},
     }
     return data | compute_results(data)
 

@@ -1,14 +1,13 @@
-"""Tracks: a corpus and a threat surface, with the surface's whole attack suite and the measure
-whose worst case over that suite heads the board."""
+"""Tracks: a corpus and a threat surface, with the surface's whole attack suite and the role
+of the measures whose worst case over that suite heads the board (each measure's role is what
+its run recorded: :func:`serbench.leaderboard.entry.measure_roles`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from serbench.errors import SerbenchError, unknown_name
-
-#: The clean emotion UAR of the target (SPEC §6 utility), in every attack's predictions.
-UTILITY = "emotion"
+from serbench.scoring import Role
 
 
 @dataclass(frozen=True)
@@ -17,17 +16,17 @@ class Track:
 
     surface: str
     attacks: tuple[str, ...]
-    #: Measures (``task@group``) that score the defense: their worst case is the headline.
-    prefix: str
-    #: True: the worst case is the largest value (leakage); False: the smallest (robust UAR).
-    higher_is_worse: bool
+    #: The role of the measures that score the defense: their worst case is the headline, in
+    #: the direction the role declares.
+    role: Role
     #: Column heading of the worst case.
     label: str
     #: Attack parameters that change what a run writes or how fast, never its numbers.
     neutral: frozenset[str] = frozenset()
 
-    def scored(self, measure: str) -> bool:
-        return measure.startswith(self.prefix)
+    @property
+    def higher_is_worse(self) -> bool:
+        return self.role.higher_is_worse
 
     def worse(self, a: float, b: float) -> bool:
         """Whether ``a`` is a worse outcome for the defense than ``b``."""
@@ -35,13 +34,13 @@ class Track:
 
 
 TRACKS = {
-    "update": Track("update", ("fedsgd", "fedavg"), "gender@", True, "worst-case leakage"),
-    "representation": Track("representation", ("intercept",), "gender@", True,
+    "update": Track("update", ("fedsgd", "fedavg"), Role.LEAKAGE, "worst-case leakage"),
+    "representation": Track("representation", ("intercept",), Role.LEAKAGE,
                             "worst-case leakage",
                             frozenset({"workers", "analyses", "analysis_scenarios"})),
     # A randomised defense scored by an attack that ignores its randomness is "unscored/...".
     # AutoAttack (ART) is RobustBench's standard; its worst case can only lower eot-pgd's.
-    "input": Track("input", ("fgsm", "pgd", "eot-pgd", "autoattack"), "emotion@robust/", False,
+    "input": Track("input", ("fgsm", "pgd", "eot-pgd", "autoattack"), Role.ROBUST,
                    "worst-case robust UAR"),
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import Entry, cells, headline, measure_stats
+from serbench.leaderboard.entry import Entry, cells, headline, measure_roles, measure_stats
 from serbench.leaderboard.submit import Run, load_run, merge_runs
 from serbench.leaderboard.tracks import TRACKS
 from serbench.progress import Reporter
@@ -19,7 +19,7 @@ from serbench.registry import load_plugin
 #: Smallest tolerance of any UAR compared. Runs compute on one thread (serbench/threads.py), so
 #: the same code, seed and library versions reproduce an entry exactly; another CPU's kernels
 #: or another library version can still flip a few predictions. How many a statistic can
-#: absorb depends on its own sampling noise, so each number's tolerance is derived from it
+#: absorb depends on its own sampling error, so each number's tolerance is derived from it
 #: (:func:`noise_tolerance`), never below this floor.
 TOLERANCE = 0.01
 
@@ -118,17 +118,17 @@ def _compare(data: dict[str, Any], runs: list[tuple[dict[str, Any], Run]],
     if folds is None:
         stated |= _flat(data["extras"]) | _headline(data["headline"])
         got |= _flat(extras) | _headline(headline(
-            results, extras, TRACKS[data["surface"]], predictions=predictions, seed=seed,
-            version=data["schema_version"]))
-    noise = noise_tolerance(data["results"])
-    comparisons = [Comparison(k, stated.get(k), got.get(k), max(tolerance, noise.get(k, 0.0)))
+            results, extras, TRACKS[data["surface"]], measure_roles(data),
+            predictions=predictions, seed=seed, version=data["schema_version"]))
+    allowed = noise_tolerance(data["results"])
+    comparisons = [Comparison(k, stated.get(k), got.get(k), max(tolerance, allowed.get(k, 0.0)))
                    for k in dict.fromkeys([*stated, *got])]
     identical = None if folds else all(r.content_hash == s["content_hash"] for s, r in runs)
     return Verification(comparisons, identical)
 
 
 def noise_tolerance(results: dict[str, Any]) -> dict[str, float]:
-    """Per compared number, the difference its measure's sampling noise makes unremarkable: the
+    """Per compared number, the difference its measure's sampling error makes unremarkable: the
     half-width of the measure's CI, for its pooled and its per-fold UARs alike (a per-fold
     UAR is noisier still, but a re-run does not resample speakers: only a few flipped
     predictions may differ, and a looser bound would let a forged fold through)."""

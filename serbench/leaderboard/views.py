@@ -26,7 +26,7 @@ LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over t
           "case under the same protocol (attacker adequacy; at the entry's seeds where it was run "
           "at more). Emotion UAR: the lowest among "
           "the attacks' targets. ε (server): DP against the server, which picks the clients "
-          "(no sampling amplification); nominal: a parameter, not a DP guarantee (udp-ref); "
+          "(no sampling amplification); nominal: a parameter, not a DP guarantee; "
           "(v1): not accounted in the entry. ★: on the Pareto front (standard, consistent "
           "entries only).")
 
@@ -64,7 +64,7 @@ def _at(row: Row) -> str:
 
 def epsilon(row: Row) -> tuple[float | None, str]:
     """The headline ε and what it is: "server" (DP against the server that picks the clients),
-    "nominal" (udp-ref's parameter), "v1" (an entry that predates the accounting context), or
+    "nominal" (a parameter the defense names ε, not a guarantee), "v1" (an entry that predates the accounting context), or
     "see details" (a DP ε against someone else: its accounting context says whom)."""
     h = row.data["headline"]
     if h.get("epsilon") is not None:
@@ -182,7 +182,7 @@ def notes(rows: list[Row]) -> list[str]:
 
 
 def family_heading(fam: Family) -> str:
-    """``udp (ε): 4 entries, ε 1 → 1000``."""
+    """``dp (ε): 4 entries, ε 1 → 1000``."""
     span = fam.span()
     return f"{fam.label}: {len(fam.rows)} entries" + (f", {span}" if span else "")
 
