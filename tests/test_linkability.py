@@ -182,5 +182,6 @@ def test_encoder_links_ravdess_actors_offline(offline: None, ravdess_root: Path,
     paths = [sorted((ravdess_root / f"Actor_{a:02d}").glob("*.*"))[:3] for a in (1, 3)]
     embeddings = speaker.embed_files([p for actor in paths for p in actor], cache_dir=tmp_path)
     similarity = embeddings @ embeddings.T
-    same = np.r_[similarity[:3, :3][np.triu_indices(3, 1)], similarity[3:, 3:][np.triu_indices(3, 1)]]
+    pairs = np.triu_indices(3, 1)
+    same = np.r_[similarity[:3, :3][pairs], similarity[3:, 3:][pairs]]
     assert same.min() > similarity[:3, 3:].max()
