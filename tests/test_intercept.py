@@ -137,6 +137,18 @@ def test_improvised_analysis_splits_iemocap_style_tables(tmp_path: Path) -> None
     assert set(table.query("task == 'gender'")["utterances"]) == {"improvised", "scripted"}
 
 
+class Record:
+    """What a spy defense saw, shared by its copies (every deployment works on its own copy of
+    the defense, so the record must survive deep copies)."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.trained = 0
+
+    def __deepcopy__(self, memo: dict) -> Record:
+        return self
+
+
 class Scramble(Defense):
     """Replaces the transmitted representation by noise, and records who transmitted what
     (``trained``: the batches T's noise-aware training passed through it)."""
@@ -146,16 +158,23 @@ class Scramble(Defense):
     tags = Tags(surfaces={Surface.REPRESENTATION}, randomized=True, noise_aware=True)
 
     def __post_init__(self) -> None:
-        self.shapes: list[tuple[int, ...]] = []
-        self.trained = 0
+        self.record = Record()
         super().__post_init__()
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return self.record.shapes
+
+    @property
+    def trained(self) -> int:
+        return self.record.trained
 
     def transform_representation(self, h: torch.Tensor, *,
                                  generator: torch.Generator) -> torch.Tensor:
         if h.requires_grad:
-            self.trained += len(h)
+            self.record.trained += len(h)
         else:
-            self.shapes.append(tuple(h.shape))
+            self.record.shapes.append(tuple(h.shape))
         return torch.randn(h.shape, generator=generator)
 
 
