@@ -107,24 +107,32 @@ def mount_tmpfs(mountpoint: Path, size: str) -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip() or "mount failed")
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+@pytest.fixture(params=["tmpfs", "patched writer"])
+def full_disk(request: pytest.FixtureRequest, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> dict:
     """Where --out runs out of space: a 16 KB tmpfs where the machine lets the test mount one
-    (``free()`` then grows it), else the patched writer (``free()`` then drops it)."""
+    (``free()`` then grows it); else, standing in for it, the patched writer (``free()`` then
+    drops it). The variant that does not apply is skipped, saying why."""
     disk = tmp_path / "disk"
     disk.mkdir()
     why = mount_tmpfs(disk, "16k")
-    state = {"out": disk / "run", "prelude": "" if why is None else FULL_DISK}
-    if why is None:
+    state = {"out": disk / "run"}
+    if request.param == "tmpfs":
+        if why is not None:
+            pytest.skip(f"cannot mount a tmpfs here ({why}); the patched writer stands in")
+        state["prelude"] = ""
         state["free"] = lambda: subprocess.run(["mount", "-o", "remount,size=4m", str(disk)],
                                                check=True)
         yield state
         subprocess.run(["umount", "-l", str(disk)], check=False)
         return
+    if why is None:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+        pytest.skip("a real tmpfs ran out of space instead (the tmpfs variant)")
     monkeypatch.setenv("SERBENCH_TEST_FULL_DIR", str(disk))
     monkeypatch.setenv("SERBENCH_TEST_FREE_BYTES", "5000")  # config and fold fit, results not
+    state["prelude"] = FULL_DISK
     state["free"] = lambda: state.update(prelude="")
-    state["why"] = f"no tmpfs ({why}): a patched writer fills the disk"
     yield state
 
 
