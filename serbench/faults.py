@@ -5,9 +5,10 @@ corrupt cache entry, Ctrl-C. Each becomes one line, in this one place:
   ...) reaches the command line's top level and is printed as ``error: PATH: REASON; WHAT TO
   DO`` with exit status 1 (:func:`describe`). The atomic writer (:mod:`serbench.io`) names the
   file it was writing and leaves the old file or none, so a run directory stays resumable.
-- Ctrl-C raises :class:`Interrupted` in the main thread (:func:`interrupts_raise`); the command
-  line prints ``interrupted; rerun with the same --out to resume: COMMAND`` and exits 130.
-  Worker processes ignore the terminal's SIGINT and are stopped by the pool
+- Ctrl-C raises :class:`Interrupted` in the main thread (:func:`interrupts_raise`; deferred
+  while worker processes start, :func:`interrupts_deferred`); the command line prints
+  ``interrupted; rerun with the same --out to resume: COMMAND`` and exits 130. Worker
+  processes never see the terminal's SIGINT and are stopped by the pool
   (:mod:`serbench.workers`).
 - A problem the run survives (a corrupt cache entry, a cache it cannot write) is one
   ``warning:`` line (:func:`warn`), and the run goes on.
@@ -75,8 +76,29 @@ def interrupts_raise() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+_deferred = {"depth": 0, "pending": False}
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
+    if _deferred["depth"]:
+        _deferred["pending"] = True
+        return
     raise Interrupted()
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C within the block takes effect when it ends: for steps that must not stop
+    halfway, such as starting worker processes (one left half started prints a traceback of
+    its own when its parent is gone)."""
+    _deferred["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferred["depth"] -= 1
+    if not _deferred["depth"] and _deferred["pending"]:
+        _deferred["pending"] = False
+        raise Interrupted()
 
 
 def environmental(exc: OSError) -> bool:

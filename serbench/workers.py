@@ -15,8 +15,11 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
+
+from serbench.faults import interrupts_deferred
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,13 +50,30 @@ def process_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 0,
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver"),
                              initializer=_worker_started) as pool:
         try:
-            yield from pool.map(partial(_call, fn), items, chunksize=chunksize)
+            # map() submits every item, so starts every worker (and the forkserver, the first
+            # time): not to be stopped halfway, and the processes it starts inherit SIGINT
+            # blocked until they ignore it.
+            with interrupts_deferred(), _sigint_blocked():
+                results = pool.map(partial(_call, fn), items, chunksize=chunksize)
+            yield from results
         except Exception:
             pool.shutdown(cancel_futures=True)  # the items already running finish
             raise
         except BaseException:  # Ctrl-C, or the caller stopped: the workers stop now
             _terminate(pool)
             raise
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
@@ -74,6 +94,7 @@ _busy = False  #: whether this worker is computing an item
 
 def _worker_started() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now, not held
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
