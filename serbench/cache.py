@@ -24,16 +24,30 @@ def serbench_cache_dir() -> Path:
 
 
 @contextmanager
-def cache_lock(key: str, cache_dir: Path | None = None) -> Iterator[None]:
+def cache_lock(key: str, cache_dir: Path | None = None) -> Iterator[OSError | None]:
     """Hold an exclusive lock named ``key`` (a file under the cache's ``locks/``).
 
     Cache entries are written atomically, so concurrent runs never read half an entry; the lock
     only stops them computing the same missing entries at once (two baselines running side by
     side, two test workers): the second waits, then finds them done. It ends with the process.
+
+    Yields None once locked, or the error that kept the lock file from being made (a cache the
+    run cannot write: nothing to share, so the block runs unlocked and the caller says so).
     """
     path = (cache_dir or serbench_cache_dir()) / "locks" / f"{key}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")
+    except OSError as exc:
+        error = exc
+    else:
+        with fh:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+            except OSError as exc:  # e.g. a network file system without locks
+                error = exc
+            else:
+                yield None
+                return
+    yield error

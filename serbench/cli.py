@@ -213,12 +213,24 @@ def list_cmd(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+    """Entry point: user errors become one line on stderr and exit status 2; faults of the
+    machine one line too (serbench.faults): an OSError at a path (a full disk, no permission)
+    exit status 1, Ctrl-C 130, each with the command that resumes or retries."""
+    from serbench import faults
+
+    faults.reset()
     try:
-        app(standalone_mode=True)
+        with faults.interrupts_raise():
+            app(standalone_mode=True)
     except SerbenchError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; rerun with the same --out to resume")
-        sys.exit(130)
+    except (faults.Interrupted, KeyboardInterrupt):
+        err_console.print(escape(faults.interrupted_line()), highlight=False, soft_wrap=True)
+        sys.exit(faults.INTERRUPTED)
+    except OSError as exc:
+        if not faults.environmental(exc):
+            raise
+        err_console.print(f"[red]error:[/] {escape(faults.describe(exc))}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(1)

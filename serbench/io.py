@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,18 +19,36 @@ if TYPE_CHECKING:  # matplotlib costs a quarter second to import; only plotting 
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; it replaces ``path`` when the block
     ends without an exception, and is removed otherwise. Permissions follow the umask (results
-    are meant to be shared), not mkstemp's 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    are meant to be shared), not mkstemp's 0600.
+
+    An :class:`OSError` of the file system (no space, no permission, ...) is raised naming
+    ``path``, not the temporary file (a failed ``write`` names no file at all), so the one line
+    the command line prints for it (:mod:`serbench.faults`) says which file could not be
+    written; ``path`` itself is then untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # its error names the directory
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise _naming(exc, path) from exc
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with suppress(OSError):  # e.g. the file system turned read-only: keep the first error
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, name):
+            raise _naming(exc, path) from exc
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as the same kind of error (its errno and message), about ``path``."""
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
 
 
 def _umask() -> int:

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from serbench.errors import SerbenchError
+from serbench.faults import run_dir_opened
 from serbench.io import atomic_write_text
 from serbench.scoring import Role, Worst, bound_violations, measure_metrics, measure_name, \
     worst_case
@@ -148,6 +149,7 @@ class RunDir:
         elif path.exists() and any(path.iterdir()):
             raise SerbenchError(f"{path} exists and is not a serbench run directory; "
                                 f"choose another --out")
+        run_dir_opened(path)  # what the rerun after Ctrl-C or a full disk resumes
         write_json(existing, config)
 
     @staticmethod

@@ -110,15 +110,18 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     done = {mode: {f: run_dir.load_fold(mode, f) for f in folds} for mode in modes}
     for mode, ctx in contexts.items():
         if any(r is None for r in done[mode].values()):
+            reporter.stage("attacker's training", mode=mode, folds=folds)
             attack.fit(ctx)
     # Fold by fold: the deployment stage builds the target with the deployed defense once, and
     # every attack mode attacks that same deployment.
     recipe = attack.recipe(contexts[modes[0]])
     for fold in folds:
         todo = [mode for mode in modes if done[mode][fold] is None]
+        reporter.stage("target's training", fold=fold, folds=folds)
         deployed = deploy(recipe, target, fold, defense, seed=cfg.seed, engine=cfg.engine,
                           reporter=reporter) if todo else None
         for mode in todo:
+            reporter.stage("attack", mode=mode, fold=fold, folds=folds)
             done[mode][fold] = attack.evaluate_fold(contexts[mode], fold, deployed)
             if (rows := done[mode][fold].analyses) is not None:  # before the fold counts done
                 from serbench.analyses import write_analyses  # matplotlib: only when needed

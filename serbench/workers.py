@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from typing import TypeVar
+
+from serbench.faults import interrupts_deferred
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,14 +36,80 @@ def process_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 0,
                 chunksize: int = 1) -> Iterator[R]:
     """``map(fn, items)`` in order, over ``workers`` processes (0: one per usable CPU), or in
     this process where one would do (a single item or worker, no forkserver on this OS). The
-    first failure cancels the items not yet started and is raised."""
+    first failure cancels the items not yet started and is raised.
+
+    Ctrl-C stops the workers with the run: they ignore the terminal's SIGINT (the parent stops
+    them, so no worker prints a traceback of its own), and an interrupted parent (or a caller
+    that stops iterating) terminates them at once, without waiting for their current items;
+    a terminated worker first unwinds its item, so an atomic write it had begun removes its
+    temporary file (:mod:`serbench.io`)."""
     workers = min(workers or cpu_count(), len(items))
     if workers < 2 or "forkserver" not in mp.get_all_start_methods():
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver"),
+                             initializer=_worker_started) as pool:
         try:
-            yield from pool.map(fn, items, chunksize=chunksize)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
+            # map() submits every item, so starts every worker (and the forkserver, the first
+            # time): not to be stopped halfway, and the processes it starts inherit SIGINT
+            # blocked until they ignore it.
+            with interrupts_deferred(), _sigint_blocked():
+                results = pool.map(partial(_call, fn), items, chunksize=chunksize)
+            yield from results
+        except Exception:
+            pool.shutdown(cancel_futures=True)  # the items already running finish
             raise
+        except BaseException:  # Ctrl-C, or the caller stopped: the workers stop now
+            _terminate(pool)
+            raise
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    processes = list((pool._processes or {}).values())  # Python 3.14: pool.terminate_workers()
+    for process in processes:
+        process.terminate()
+    pool.shutdown(cancel_futures=True)
+    for process in processes:
+        process.join()
+
+
+class _Stopped(BaseException):
+    """SIGTERM in a worker that is computing an item."""
+
+
+_busy = False  #: whether this worker is computing an item
+
+
+def _worker_started() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now, not held
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if _busy:
+        raise _Stopped()  # unwinds the item (its cleanup runs), then _call exits
+    os._exit(128 + signum)
+
+
+def _call(fn: Callable[[T], R], item: T) -> R:
+    global _busy
+    _busy = True
+    try:
+        return fn(item)
+    except _Stopped:
+        os._exit(128 + signal.SIGTERM)
+    finally:
+        _busy = False

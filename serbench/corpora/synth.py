@@ -408,7 +408,9 @@ class Synth(Corpus):
                     self._generate(root, meta, table, voices)
         except OSError as exc:
             reason = exc.strerror or exc
-            raise SerbenchError(f"{root}: cannot write the synth corpus ({reason})") from None
+            raise SerbenchError(f"{root}: cannot write the synth corpus ({reason}); free space "
+                                f"there, or give --data-root or SERBENCH_CACHE a writable "
+                                f"directory") from None
 
     def _generate(self, root: Path, meta: str, table: pd.DataFrame,
                   voices: list[tuple[str, Voice]]) -> None:

@@ -3,11 +3,18 @@
 The cache key is the SHA-1 of the audio file's bytes plus :attr:`FeatureSpec.key`, so renamed
 or moved files reuse their features and edited files never do. Misses are computed in worker
 processes (openSMILE is single-threaded) and written atomically.
+
+The cache checks what it reads: an entry is the array as ``.npy`` followed by the SHA-256 of
+those bytes, and one that fails to load, holds more or fewer bytes than its header records or
+fails its checksum is recomputed and replaced, with one warning line for all of them (entries
+written before the checksum was added are checked by size alone). A cache the run cannot write
+to is skipped with one warning line: the features are computed all the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,70 +23,147 @@ import torch
 
 from serbench.cache import cache_lock, serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
+from serbench.faults import warn
 from serbench.features.extractors import FeatureSpec, compute, logmel_model as _logmel_model
 from serbench.io import atomic_path
 from serbench.workers import process_map
 
 Progress = Callable[[int], None]
 
+#: Bytes of the checksum that ends a cache entry (SHA-256 of the ``.npy`` bytes before it).
+CHECKSUM_BYTES = hashlib.sha256().digest_size
+
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def _extract_one(args: tuple[FeatureSpec, str, str]) -> tuple[str, np.ndarray]:
+def _extract_one(args: tuple[FeatureSpec, str, str]) -> tuple[str, np.ndarray, OSError | None]:
     spec, path, target = args
     values = compute(spec, load_audio(path), SAMPLE_RATE)
-    atomic_save_npy(Path(target), values)
-    return path, values
+    return path, values, save_entry(Path(target), values)
 
 
-def atomic_save_npy(target: Path, values: np.ndarray) -> None:
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, values)
+def save_entry(target: Path, values: np.ndarray) -> OSError | None:
+    """Write a cache entry atomically; the error if the cache cannot be written (the caller
+    goes on without it)."""
+    buffer = io.BytesIO()
+    np.save(buffer, values)
+    body = buffer.getvalue()
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(body + hashlib.sha256(body).digest())
+    except OSError as exc:
+        return exc
+    return None
+
+
+def read_entry(target: Path) -> np.ndarray:
+    """The float32 array a cache entry holds; ValueError if the entry is not whole and intact
+    (OSError if it cannot be read)."""
+    data = target.read_bytes()
+    body = data[:-CHECKSUM_BYTES]
+    if hashlib.sha256(body).digest() != data[-CHECKSUM_BYTES:]:
+        body = data  # no valid checksum: intact only as an entry without one, to the byte
+    try:
+        fh = io.BytesIO(body)
+        values = np.load(fh, allow_pickle=False)
+    except EOFError as exc:
+        raise ValueError(f"EOF: {exc}") from None
+    if not isinstance(values, np.ndarray) or values.dtype != np.float32:
+        raise ValueError("not a float32 array")
+    if fh.tell() != len(body):
+        raise ValueError(f"{len(body) - fh.tell()} bytes more than its header records, and no "
+                         f"valid checksum")
+    return values
 
 
 def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = None,
             cache_dir: Path | None = None, progress: Progress | None = None) -> list[np.ndarray]:
-    """Features of every file in ``paths`` (in order), computing only the cache misses."""
+    """Features of every file in ``paths`` (in order), computing only the cache misses and the
+    entries that fail their check."""
     root = (cache_dir or serbench_cache_dir()) / "features" / spec.key
     targets = [root / f"{file_digest(p)}.npy" for p in paths]
     out: dict[str, np.ndarray] = {}
-    todo = _load_cached(paths, targets, out, spec, progress)
+    faults = _CacheFaults(root)
+    todo = _load_cached(paths, targets, out, spec, progress, faults)
     if todo:
-        with cache_lock(f"features-{spec.key}", cache_dir):  # another run may be computing them
+        # Another run may be computing them; a cache that cannot hold the lock is not shared.
+        with cache_lock(f"features-{spec.key}", cache_dir) as lock_error:
+            if lock_error is not None:
+                faults.unwritable(lock_error)
             todo = _load_cached([t[1] for t in todo], [Path(t[2]) for t in todo], out, spec,
-                                progress)
-            _compute(todo, out, spec, workers, progress)
+                                progress, faults)
+            _compute(todo, out, spec, workers, progress, faults)
     return [out[p] for p in paths]
 
 
 Job = tuple[FeatureSpec, str, str]  #: (spec, audio path, cache file) of one extraction
 
 
-def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, np.ndarray],
-                 spec: FeatureSpec, progress: Progress | None) -> list[Job]:
-    """Load the cached entries into ``out``; the misses as extraction jobs."""
-    todo = []
-    for path, target in zip(paths, targets):
-        if target.exists():
-            out[path] = np.load(target)
-            if progress:
-                progress(1)
+class _CacheFaults:
+    """One warning line for the corrupt entries a load pass finds, one for a cache that cannot
+    be written."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.corrupt: set[Path] = set()
+        self.unwritable_warned = False
+
+    def found_corrupt(self, found: dict[Path, str]) -> None:
+        new = {p: why for p, why in found.items() if p not in self.corrupt}
+        if not new:
+            return
+        self.corrupt |= set(new)
+        first, why = next(iter(new.items()))
+        if len(new) == 1:
+            warn(f"feature cache entry {first} is corrupt ({why}); recomputing it")
         else:
+            warn(f"{len(new)} feature cache entries under {self.root} are corrupt (e.g. "
+                 f"{first.name}: {why}); recomputing them")
+
+    def unwritable(self, exc: OSError) -> None:
+        if not self.unwritable_warned:
+            self.unwritable_warned = True
+            where = exc.filename if exc.filename is not None else self.root
+            warn(f"cannot write the feature cache ({where}: {exc.strerror or exc}); going on "
+                 f"without caching (free space there or set SERBENCH_CACHE to a writable "
+                 f"directory to keep the features)")
+
+
+def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, np.ndarray],
+                 spec: FeatureSpec, progress: Progress | None, faults: _CacheFaults) -> list[Job]:
+    """Load the cached entries into ``out``; the misses and the entries that fail their check
+    as extraction jobs."""
+    todo, corrupt = [], {}
+    for path, target in zip(paths, targets):
+        try:
+            out[path] = read_entry(target)
+        except FileNotFoundError:
             todo.append((spec, path, str(target)))
+            continue
+        except (OSError, ValueError) as exc:
+            corrupt[target] = exc.strerror if isinstance(exc, OSError) and exc.strerror \
+                else str(exc)
+            todo.append((spec, path, str(target)))
+            continue
+        if progress:
+            progress(1)
+    faults.found_corrupt(corrupt)
     return todo
 
 
-def _compute(todo: list[Job], out: dict[str, np.ndarray],
-             spec: FeatureSpec, workers: int | None, progress: Progress | None) -> None:
+def _compute(todo: list[Job], out: dict[str, np.ndarray], spec: FeatureSpec,
+             workers: int | None, progress: Progress | None, faults: _CacheFaults) -> None:
     if spec.backend == "logmel":
-        _logmel_batched(todo, out, progress)
+        _logmel_batched(todo, out, progress, faults)
         return
     # Worker processes pay off only beyond a handful of files.
-    for path, values in process_map(_extract_one, todo, chunksize=8,
-                                    workers=1 if len(todo) <= 8 else workers or 0):
+    for path, values, error in process_map(_extract_one, todo, chunksize=8,
+                                           workers=1 if len(todo) <= 8 else workers or 0):
         out[path] = values
+        if error is not None:
+            faults.unwritable(error)
         if progress:
             progress(1)
 
@@ -89,7 +173,7 @@ LOGMEL_BATCH = 64
 
 
 def _logmel_batched(todo: list[tuple[FeatureSpec, str, str]], out: dict[str, np.ndarray],
-                    progress: Progress | None) -> None:
+                    progress: Progress | None, faults: _CacheFaults) -> None:
     """Log-mel of the cache misses in this process, waveforms of equal length as one batched
     STFT: a batch is never padded, so every file gets the numbers it would get alone, without
     the per-file cost of worker processes (log-mel is a few milliseconds of torch per file)."""
@@ -100,7 +184,8 @@ def _logmel_batched(todo: list[tuple[FeatureSpec, str, str]], out: dict[str, np.
             power = _logmel_model().power(torch.from_numpy(np.stack([w for _, _, w in items])))
         for (path, target, _), spec_power in zip(items, power):
             values = _logmel_model().mel(spec_power).T.numpy().astype(np.float32)
-            atomic_save_npy(Path(target), values)
+            if (error := save_entry(Path(target), values)) is not None:
+                faults.unwritable(error)
             out[path] = values
             if progress:
                 progress(1)

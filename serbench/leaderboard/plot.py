@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
+from serbench.io import atomic_path
 from serbench.leaderboard.families import BASELINE, Family, Row
 from serbench.leaderboard.views import Board, title
 
@@ -147,7 +148,5 @@ def figure(board: Board) -> Figure:
 def plot(board: Board, path: Path) -> None:
     """Write the track's plot as a PNG (atomically)."""
     fig = figure(board)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
