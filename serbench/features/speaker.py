@@ -6,7 +6,7 @@ nothing, and it runs on a CPU in about real time / 50 (docs/linkability.md). Eve
 computation runs on one thread (serbench/threads.py).
 
 The cache reuses the feature store's pieces (:func:`~serbench.features.store.file_digest`,
-the atomic writer, the cache lock). An entry is keyed by an audio content digest, the
+its checked entries, ``save_entry`` and ``read_entry``, and the cache lock). An entry is keyed by an audio content digest, the
 encoder's identity (package version, weights digest, preprocessing version) and a
 caller-given *release*: which transformation (defense, its parameters and seed) made the audio
 that was embedded. A release lets a caller key transformed audio by its *source* file's digest,
@@ -29,7 +29,7 @@ import numpy as np
 from serbench.cache import cache_lock, serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
 from serbench.errors import SerbenchError
-from serbench.features.store import Progress, atomic_save_npy, file_digest
+from serbench.features.store import Progress, file_digest, read_entry, save_entry
 from serbench.threads import fixed_threads
 
 if TYPE_CHECKING:  # importing resemblyzer costs seconds (librosa, numba)
@@ -117,7 +117,7 @@ def embed_cached(digests: Sequence[str], load: Loader, *, release: str = ORIGINA
         with cache_lock(f"speaker-{encoder_id()}-{release}", cache_dir):
             for i in _load_hits(targets, todo, out, progress):
                 out[i] = embed(*load(i))
-                atomic_save_npy(targets[i], out[i])
+                save_entry(targets[i], out[i])  # an unwritable cache: go on without it
                 if progress:
                     progress(1)
     return out
@@ -125,15 +125,17 @@ def embed_cached(digests: Sequence[str], load: Loader, *, release: str = ORIGINA
 
 def _load_hits(targets: Sequence[Path], indices: Sequence[int], out: np.ndarray,
                progress: Progress | None) -> list[int]:
-    """Fill ``out`` from the cached entries among ``indices``; the misses' indices."""
+    """Fill ``out`` from the cached entries among ``indices``; the misses' indices (an entry
+    that is not whole and intact, the feature store's check, is a miss and is recomputed)."""
     misses = []
     for i in indices:
-        if targets[i].exists():
-            out[i] = np.load(targets[i])
-            if progress:
-                progress(1)
-        else:
+        try:
+            out[i] = read_entry(targets[i])
+        except (OSError, ValueError):
             misses.append(i)
+            continue
+        if progress:
+            progress(1)
     return misses
 
 
