@@ -47,6 +47,7 @@ def boards(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(root=root, procs=procs)
 
 
+@pytest.mark.slow  # two boards and a Ray start: minutes of CI's 15 (README, Test)
 def test_ray_makes_the_process_pools_entry(boards: SimpleNamespace) -> None:
     """The acceptance check: the same predictions, byte for byte, and the same entry but for
     when it was submitted and each run's clock times."""
@@ -67,6 +68,7 @@ def test_ray_makes_the_process_pools_entry(boards: SimpleNamespace) -> None:
     assert entries[0]["standard"] is False  # a trial: its name says so too
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_submits_again(boards: SimpleNamespace) -> None:
     path = boards.root / "pool" / "board" / ENTRY
     path.unlink()
