@@ -131,6 +131,18 @@ class Strategy:
         out."""
         raise NotImplementedError
 
+    def train_rows(self, shadow: Shadow) -> np.ndarray:
+        """The shadow rows the selection runs train on: every row by default."""
+        return np.arange(len(shadow.ctx.shadow.table))
+
+    def training_parts(self, shadow: Shadow) -> list[TrainingSet]:
+        """The inverted sets of the training run and of the inversion's further runs (other
+        initialisations and samplings) on :meth:`train_rows`."""
+        rows = self.train_rows(shadow)
+        return [shadow.inverted(shadow.logs["train"])] + [
+            shadow.inverted(shadow.run(k, rows, f" run {k + 1}"))
+            for k in range(1, shadow.attack.shadow_runs)]
+
     def final_runs(self, shadow: Shadow) -> bool:
         """Whether the chosen model is trained again on runs of every shadow speaker."""
         return False
@@ -151,14 +163,18 @@ class HeldOutRun(Strategy):
 
     name = "run"
 
+    def _in_held(self, shadow: Shadow) -> np.ndarray:
+        return shadow.ctx.shadow.table["speaker"].isin(shadow.held).to_numpy()
+
+    def train_rows(self, shadow: Shadow) -> np.ndarray:
+        return np.flatnonzero(~self._in_held(shadow))
+
     def select(self, shadow: Shadow) -> None:
-        table = shadow.ctx.shadow.table
-        in_held = table["speaker"].isin(shadow.held).to_numpy()
-        everyone = np.arange(len(table))
-        shadow.logs["train"] = shadow.run(0, everyone[~in_held], " selection run")
+        shadow.logs["train"] = shadow.run(0, self.train_rows(shadow), " selection run")
         if shadow.weight:  # standardised (and the raw layers dropped) before the next run
             shadow.data, shadow.stats = shadow.weight_set(shadow.logs["train"])
-        shadow.logs["check"] = shadow.run(shadow.attack.shadow_runs, everyone[in_held],
+        shadow.logs["check"] = shadow.run(shadow.attack.shadow_runs,
+                                          np.flatnonzero(self._in_held(shadow)),
                                           " validation run", init_run=0)
         if shadow.weight:
             shadow.check = shadow.weight_set(shadow.logs["check"], shadow.stats)[0]
@@ -172,25 +188,12 @@ class HeldOutRun(Strategy):
         return slice(None)
 
     def inverted_parts(self, shadow: Shadow) -> tuple[list[TrainingSet], np.ndarray]:
-        rows = _train_rows(shadow)
-        parts = [shadow.inverted(shadow.logs["train"])]
-        parts += [shadow.inverted(shadow.run(k, rows, f" run {k + 1}"))
-                  for k in range(1, shadow.attack.shadow_runs)]
-        parts.append(shadow.inverted(shadow.logs["check"]))
+        parts = [*self.training_parts(shadow), shadow.inverted(shadow.logs["check"])]
         held = np.repeat([False] * (len(parts) - 1) + [True], [len(p.genders) for p in parts])
         return parts, held
 
     def final_runs(self, shadow: Shadow) -> bool:
         return True
-
-
-def _train_rows(shadow: Shadow) -> np.ndarray:
-    """The shadow rows the selection runs train on (every row for ``same-run``)."""
-    table = shadow.ctx.shadow.table
-    rows = np.arange(len(table))
-    if shadow.attack.validation == "run":
-        rows = rows[~table["speaker"].isin(shadow.held).to_numpy()]
-    return rows
 
 
 class SameRun(Strategy):
@@ -201,7 +204,7 @@ class SameRun(Strategy):
     name = "same-run"
 
     def select(self, shadow: Shadow) -> None:
-        log = shadow.run(0, _train_rows(shadow), "")
+        log = shadow.run(0, self.train_rows(shadow), "")
         shadow.logs["train"] = log
         if shadow.weight:
             shadow.data, shadow.stats = shadow.weight_set(log)
@@ -219,10 +222,7 @@ class SameRun(Strategy):
         return ~self._val(shadow)
 
     def inverted_parts(self, shadow: Shadow) -> tuple[list[TrainingSet], np.ndarray]:
-        rows = _train_rows(shadow)
-        parts = [shadow.inverted(shadow.logs["train"])]
-        parts += [shadow.inverted(shadow.run(k, rows, f" run {k + 1}"))
-                  for k in range(1, shadow.attack.shadow_runs)]
+        parts = self.training_parts(shadow)
         return parts, np.concatenate([np.isin(p.speakers, shadow.held) for p in parts])
 
 
