@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from serbench.io import atomic_write_text
-from serbench.scoring import LEVEL, LOW_FPRS, RESAMPLES, Role, measure_name
+from serbench.scoring import LEVEL, LOW_FPRS, MIS_SIGNED, RESAMPLES, Role, measure_name, signal
 
 if TYPE_CHECKING:
     from serbench.results import ModeResult, RunResult
@@ -95,6 +95,9 @@ def _notes(result: RunResult) -> list[str]:
         notes.append(f"worst case: {_label(worst.measure)} ({worst.mode}) UAR {worst.uar:.3f}, "
                      f"{worst.level:.2%} CI {worst.ci_low:.2f}–{worst.ci_high:.2f} "
                      f"(Bonferroni over the {worst.candidates} measures it was chosen from)")
+    notes += [f"{MIS_SIGNED} ({mode}): {_label(name)} UAR {uar:.3f}, CI {lo:.2f}–{hi:.2f} lies "
+              f"wholly {'below' if hi < chance else 'above'} chance {chance:.2f}" for mode, name, uar, lo, hi, chance
+              in _mis_signed(result)]
     for v in result.violations:
         fold = "pooled over folds" if v["fold"] == "pooled" else f"fold {v['fold']}"
         name = _label(measure_name(v["task"], v["group"]))
@@ -115,6 +118,17 @@ def _notes(result: RunResult) -> list[str]:
     notes.append("chance UAR: " + ", ".join(f"{t} {v:.2f}" for t, v in chance.items())
                  + "; AUC, TPR@FPR: from the attacker's scores (SPEC §6)")
     return notes
+
+
+def _mis_signed(result: RunResult) -> Iterator[tuple[str, str, float, float, float, float]]:
+    """(mode, measure, UAR, CI, chance) of each measure whose CI lies wholly on the defense's
+    side of chance: the attacker's sign is wrong, and the surface still carries the attribute."""
+    for mode in result.modes:
+        for row in mode.pooled.itertuples():
+            name = measure_name(row.task, row.group)
+            if signal(result.roles[name], (row.ci_low, row.ci_high), row.chance_uar) \
+                    == MIS_SIGNED:
+                yield mode.mode, name, row.uar, row.ci_low, row.ci_high, row.chance_uar
 
 
 def _rich(grid: _Grid) -> Table:

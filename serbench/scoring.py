@@ -47,6 +47,28 @@ class Role(StrEnum):
         stronger-mode pick reads it from the role, never from a measure's name."""
         return self is Role.LEAKAGE
 
+    @property
+    def against_chance(self) -> bool:
+        """An attacker's measure, read against chance: a CI wholly on either side of chance is
+        a signal (SPEC §6), the defense's side included."""
+        return self in (Role.LEAKAGE, Role.LINKABILITY)
+
+
+#: :func:`signal`'s verdicts: the CI lies wholly on the attacker's side of chance, or wholly on
+#: the other (the attacker's sign is wrong; flipping it would leak).
+LEAKS, MIS_SIGNED = "leaks", "signal present, mis-signed"
+
+
+def signal(role: Role, ci: tuple[float, float], chance: float) -> str | None:
+    """Whether a measure shows signal beyond chance, and on which side: :data:`LEAKS`,
+    :data:`MIS_SIGNED`, or None (its CI holds chance, or the role is not read against it). A
+    defense whose measures all sit at or below chance is not "at chance" if one lies wholly
+    below it: its surface still carries the attribute."""
+    if not role.against_chance or ci[0] <= chance <= ci[1]:
+        return None
+    above = ci[0] > chance
+    return LEAKS if above == role.higher_is_worse else MIS_SIGNED
+
 
 @dataclass(frozen=True)
 class Measure:

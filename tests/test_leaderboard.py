@@ -884,3 +884,55 @@ def test_template_is_a_loadable_defense() -> None:
     assert cls.from_params({"strength": "0.25"}).params() == {"strength": 0.25}
     with pytest.raises(SerbenchError, match=r"^defense 'my-defense': strength must be in \[0, 1\]"):
         cls.from_params({"strength": "2"})
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_committed_entry_names_a_path_of_the_machine_that_made_it() -> None:
+    """Issue 28: entries record corpus paths relative to the board's home, so that `verify`
+    finds the corpus on any machine where it sits at its documented place."""
+    for path in sorted((REPO / "leaderboards").glob("*/*/*.json")):
+        absolute = [s for s in _strings(json.loads(path.read_text()))
+                    if s.startswith(("/", "~")) and "/" in s[1:]]
+        assert not absolute, (path, absolute[:3])
+
+
+def test_corpus_paths_are_recorded_relative_to_the_board_home_and_resolved_there(
+        tmp_path: Path) -> None:
+    from serbench.leaderboard.entry import board_home, local_config, portable_config
+
+    entry_file = tmp_path / "repo" / "leaderboards" / "ravdess" / "update" / "x.json"
+    home = board_home(entry_file)
+    assert home == tmp_path / "repo"
+    corpus = tmp_path / "shared" / "data" / "ravdess"
+    config = {"data_root": "typed/elsewhere", "shadow_root": [], "seed": 0}
+    recorded = portable_config(config, {"data_root": str(corpus)}, home)
+    assert recorded == {"data_root": "../shared/data/ravdess", "shadow_root": [], "seed": 0}
+    resolved = local_config(recorded, home)
+    assert Path(resolved["data_root"]).resolve() == corpus.resolve()
+    assert local_config({"data_root": None}, home) == {"data_root": None}
+
+
+def test_every_committed_measure_wholly_below_chance_is_flagged_on_the_board() -> None:
+    """Issue 28: no entry's measure with a CI wholly below chance passes as "at chance": the
+    committed board's notes name each one."""
+    from serbench.leaderboard.entry import load_entries, measure_roles
+    from serbench.scoring import MIS_SIGNED, Role
+
+    board = (REPO / "leaderboards" / "leaderboard.md").read_text()
+    entries, _ = load_entries(REPO / "leaderboards")
+    flagged = 0
+    for entry in entries:
+        roles = measure_roles(entry.data)
+        for attack, mode, measure, stats in cells(entry.data["results"]):
+            if roles[attack][measure] is Role.LEAKAGE and stats["ci"][1] < stats["chance"]:
+                flagged += 1
+                assert (f"{entry.data['name']}: {MIS_SIGNED}: {attack} {mode} {measure} UAR "
+                        f"{stats['uar']:.3f}") in board, (entry.track_id, measure)
+    assert flagged  # the committed board holds such measures (issue 28 counted seven entries)

@@ -79,3 +79,25 @@ def test_numbers_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
         metrics.append((out / "metrics.csv").read_bytes())
     assert metrics[0] == metrics[1]
     assert not pd.read_csv(tmp_path / "1" / "metrics.csv").empty
+
+
+def test_a_measure_wholly_below_chance_is_reported_as_mis_signed(
+        fedsgd_run: tuple[Path, str]) -> None:
+    """Issue 28: the report says so where a leakage measure's CI lies wholly below chance (an
+    attacker that is always wrong), instead of letting it pass as chance."""
+    from serbench.report import _notes
+    from serbench.runner import load_result
+    from serbench.scoring import MIS_SIGNED, pooled
+
+    out, stdout = fedsgd_run
+    assert MIS_SIGNED not in stdout
+    result = load_result(out)
+    mode = result.modes[0]
+    frame = mode.predictions()
+    gender = frame["task"] == "gender"
+    frame.loc[gender, "y_pred"] = 1 - frame.loc[gender, "y_true"]
+    mode.pooled = pooled(frame, result.config["seed"])
+    flagged = [n for n in _notes(result) if n.startswith(MIS_SIGNED)]
+    below = mode.pooled[mode.pooled["task"].eq("gender") & mode.pooled["ci_high"].lt(0.5)]
+    assert len(below) and len(flagged) == len(below)
+    assert all("wholly below chance 0.50" in n for n in flagged)

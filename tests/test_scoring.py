@@ -77,3 +77,17 @@ def test_uar_is_scikit_learns_balanced_accuracy() -> None:
     for _ in range(20):
         y_true, y_pred = rng.integers(0, 4, 50), rng.integers(0, 5, 50)
         assert uar(y_true, y_pred) == balanced_accuracy_score(y_true, y_pred)
+
+
+def test_a_ci_wholly_on_either_side_of_chance_is_a_signal_and_says_which_side() -> None:
+    """Issue 28: a leakage measure below chance beyond its CI still carries the attribute (its
+    sign is wrong); linkability's EER is read the other way round; utility is not read against
+    chance at all."""
+    from serbench.scoring import LEAKS, MIS_SIGNED, Role, signal
+
+    assert signal(Role.LEAKAGE, (0.31, 0.46), 0.5) == MIS_SIGNED
+    assert signal(Role.LEAKAGE, (0.55, 0.70), 0.5) == LEAKS
+    assert signal(Role.LEAKAGE, (0.45, 0.55), 0.5) is None
+    assert signal(Role.LINKABILITY, (0.10, 0.20), 0.5) == LEAKS
+    assert signal(Role.LINKABILITY, (0.55, 0.60), 0.5) == MIS_SIGNED
+    assert signal(Role.UTILITY, (0.10, 0.20), 0.25) is None

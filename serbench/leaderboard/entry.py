@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +136,42 @@ def describe_deviations(deviations: dict[str, dict[str, Any]]) -> str:
 def entry_path(directory: Path, data: dict[str, Any]) -> Path:
     """Where an entry lives: ``<dir>/<corpus>/<surface>/<name>.json``."""
     return directory / data["corpus"] / data["surface"] / f"{data['name']}.json"
+
+
+#: The run options that name corpora on the machine that made a run.
+CORPUS_PATHS = ("data_root", "shadow_root")
+
+
+def board_home(entry_file: Path) -> Path:
+    """The directory a board's recorded corpus paths are relative to: the one holding the board
+    directory (``<home>/<board>/<corpus>/<surface>/<name>.json``), the repository for the
+    committed board, wherever the command runs from."""
+    return entry_file.absolute().parents[3]
+
+
+def _paths(config: dict[str, Any], key: str, change: Any) -> Any:
+    value = config.get(key)
+    if value is None:
+        return None
+    return [change(v) for v in value] if isinstance(value, list) else change(value)
+
+
+def portable_config(config: dict[str, Any], absolute: dict[str, Any], home: Path
+                    ) -> dict[str, Any]:
+    """A run's configuration as an entry records it: each corpus path relative to ``home``
+    (:func:`board_home`), taken from ``absolute`` (the run's config.toml) where it has it, else
+    from ``config`` relative to this directory, so that no entry names the machine that made it
+    and :func:`local_config` finds the corpus on any other."""
+    rel = lambda p: os.path.relpath(Path(p).expanduser().absolute(), home)  # noqa: E731
+    return config | {k: _paths(absolute if k in absolute else config, k, rel)
+                     for k in CORPUS_PATHS if k in config}
+
+
+def local_config(config: dict[str, Any], home: Path) -> dict[str, Any]:
+    """The inverse of :func:`portable_config`: recorded corpus paths resolved against ``home``
+    (an absolute path, as an older entry may record, is kept)."""
+    here = lambda p: str(home / Path(p).expanduser())  # noqa: E731
+    return config | {k: _paths(config, k, here) for k in CORPUS_PATHS if k in config}
 
 
 def _reject_constant(name: str) -> None:

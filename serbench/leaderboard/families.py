@@ -15,8 +15,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from serbench.leaderboard.entry import Entry, describe_deviations, restricted_to_seeds
+from serbench.leaderboard.entry import Entry, cells, describe_deviations, measure_roles, \
+    restricted_to_seeds
 from serbench.registry import entry_point_names, load_plugin
+from serbench.scoring import signal
 
 #: The defense whose entries are the attacker-adequacy baseline (a protocol concept).
 BASELINE = "none"
@@ -212,6 +214,19 @@ class Row:
         if self.entry.problem:
             return "✗ inconsistent"
         return "ok" if self.data["standard"] else "trial"
+
+    @property
+    def signals(self) -> dict[str, list[dict[str, Any]]]:
+        """Per verdict of :func:`serbench.scoring.signal` (leaks, mis-signed), the measures of
+        any attack and mode whose CI lies wholly on that side of chance."""
+        roles = measure_roles(self.data)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for attack, mode, measure, stats in cells(self.data["results"]):
+            verdict = signal(roles[attack][measure], tuple(stats["ci"]), stats["chance"])
+            if verdict:
+                out.setdefault(verdict, []).append(
+                    {"attack": attack, "mode": mode, "measure": measure, **stats})
+        return out
 
     @property
     def note(self) -> str | None:

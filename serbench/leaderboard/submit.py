@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 import pandas as pd
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import EPSILONS, SCHEMA_VERSION, compute_results, \
-    describe_deviations, encode_predictions, entry_path, validate, validate_name
+from serbench.leaderboard.entry import CORPUS_PATHS, EPSILONS, SCHEMA_VERSION, board_home, \
+    compute_results, describe_deviations, encode_predictions, entry_path, portable_config, \
+    validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
 from serbench.plugins import Defense
 from serbench.scoring import spread
@@ -220,12 +222,29 @@ def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, An
     return data | compute_results(data)
 
 
+def _ordered(run_dirs: list[Path], entry: dict[str, Any]) -> list[Path]:
+    """``run_dirs`` in the order of the entry's runs (matched by their content hashes)."""
+    by_hash = {load_run(p).content_hash: p for p in run_dirs}
+    return [by_hash[r["content_hash"]] for r in entry["runs"]]
+
+
+def _absolute_config(run_dir: Path) -> dict[str, Any]:
+    """The run's corpus paths from its config.toml, which holds them absolute (a run made
+    before it had one: none, and its config.json's are taken from this directory)."""
+    toml = run_dir / "config.toml"
+    data = tomllib.loads(toml.read_text()) if toml.is_file() else {}
+    return {k: data[k] for k in CORPUS_PATHS if k in data}
+
+
 def submit(run_dirs: list[Path], name: str, directory: Path, allow_reduced: bool = False,
            replace: bool = False) -> Path:
     """Check the runs, build their entry, and write it to ``directory``."""
     validate_name(name)
     entry = build_entry([load_run(p) for p in run_dirs], name, allow_reduced)
     path = entry_path(directory, entry)
+    for recorded, run_dir in zip(entry["runs"], _ordered(run_dirs, entry), strict=True):
+        recorded["config"] = portable_config(recorded["config"], _absolute_config(run_dir),
+                                             board_home(path))
     if path.exists() and not replace:
         raise SerbenchError(f"{path} exists; choose another --name or pass --replace")
     validate(entry, str(path))

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import Entry, cells, headline, measure_roles, measure_stats
+from serbench.leaderboard.entry import Entry, board_home, cells, headline, local_config, \
+    measure_roles, measure_stats
 from serbench.leaderboard.submit import Run, load_run, merge_runs
 from serbench.leaderboard.tracks import TRACKS
 from serbench.progress import Reporter
@@ -95,7 +96,8 @@ def verify(entry: Entry, *, folds: list[int] | None, tolerance: float, out: Path
         root = out or Path(tmp)
         runs = []
         for run in data["runs"]:
-            cfg = EvalConfig(**{k: v for k, v in run["config"].items() if k in fields})
+            config = local_config(run["config"], board_home(entry.path))
+            cfg = EvalConfig(**{k: v for k, v in config.items() if k in fields})
             attack = load_plugin("attack", run["attack"])
             cfg = dataclasses.replace(cfg, defense=ref, folds=folds or cfg.folds,
                                       data_root=data_root or cfg.data_root,

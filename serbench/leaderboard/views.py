@@ -16,6 +16,7 @@ from rich.table import Table
 from serbench.leaderboard.entry import Entry
 from serbench.leaderboard.families import Family, Row, assign_baselines, families
 from serbench.leaderboard.tracks import TRACKS, Track
+from serbench.scoring import LEAKS, MIS_SIGNED
 
 LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the target's "
           "speakers (entries made before predictions named speakers: over predictions, too "
@@ -28,7 +29,9 @@ LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over t
           "the attacks' targets. ε (server): DP against the server, which picks the clients "
           "(no sampling amplification); nominal: a parameter, not a DP guarantee; "
           "(v1): not accounted in the entry. ★: on the Pareto front (standard, consistent "
-          "entries only).")
+          "entries only). Signal vs chance: how many measures (any attack or mode) have a CI "
+          "wholly above chance (leaks) or wholly below it (signal present, mis-signed: the "
+          "attacker's sign is wrong, and the surface still carries the attribute).")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,15 @@ def _baseline_text(row: Row) -> str:
     return f"none: {row.baseline.worst['uar']:.3f}"
 
 
+def _signal_text(row: Row) -> str:
+    """Whether any measure of the entry, in any mode, lies wholly on one side of chance: its
+    worst case says "at chance" only where none does."""
+    found = row.signals
+    parts = [f"{verdict} ({len(found[verdict])})" for verdict in (LEAKS, MIS_SIGNED)
+             if verdict in found]
+    return "; ".join(parts) or "none beyond chance"
+
+
 def columns(track: Track) -> list[Column]:
     eps = lambda r: epsilon(r)[0]  # noqa: E731
     name = lambda r: r.data["name"]  # noqa: E731
@@ -114,6 +126,7 @@ def columns(track: Track) -> list[Column]:
         Column("baseline", "none's worst", _baseline_text,
                lambda r: r.baseline.worst["uar"] if r.baseline else ""),
         Column("at", "worst case at", _at, _at, numeric=False),
+        Column("signal", "signal vs chance", _signal_text, _signal_text, numeric=False),
         Column("epsilon", "ε", _epsilon_text, lambda r: "" if eps(r) is None else eps(r)),
         Column("pareto", "Pareto", lambda r: "★" if r.pareto else "", lambda r: int(r.pareto)),
         Column("status", "status", lambda r: r.status, lambda r: r.status, numeric=False),
@@ -169,6 +182,9 @@ def notes(rows: list[Row]) -> list[str]:
     undefended entry's beyond the latter's CI (the baseline is under-attacked)."""
     out = [f"{r.data['name']}: {r.note}" for r in rows if r.note]
     for r in rows:
+        out += [f"{r.data['name']}: {MIS_SIGNED}: {c['attack']} {c['mode']} {c['measure']} "
+                f"UAR {c['uar']:.3f} (CI {c['ci'][0]:.3f}–{c['ci'][1]:.3f}) lies wholly on the defense's side of chance "
+                f"{c['chance']:.2f}" for c in r.signals.get(MIS_SIGNED, [])]
         base = r.baseline
         if base is None or r.entry.problem or base.entry.problem:
             continue
@@ -188,7 +204,7 @@ def family_heading(fam: Family) -> str:
 
 
 #: Text the terminal table shows under another column's numbers, to fit 80 columns.
-_UNDER = {"defense": "entry", "at": "worst", "baseline": "worst"}
+_UNDER = {"defense": "entry", "at": "worst", "baseline": "worst", "signal": "worst"}
 
 
 def rich_table(board: Board) -> Table:
