@@ -100,12 +100,17 @@ def environment() -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    import torch
+
+    from serbench import KERNELS
     from serbench.threads import THREADS
 
     return {
         "python": sys.version.split()[0], "platform": platform.platform(),
         "machine": platform.machine(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
-        "threads": THREADS, "packages": versions, **code_version(),
+        "threads": THREADS, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernels": {k: os.environ.get(k) for k in KERNELS},
+        "packages": versions, **code_version(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -5,7 +5,8 @@ seed gave different numbers on machines with different core counts (a leaderboar
 `verify` on a fresh machine). Runs therefore compute on one thread of torch and of the BLAS
 libraries numpy and scikit-learn use (threadpoolctl), whatever the machine; parallelism comes
 from worker processes, which the same policy governs. The models are small enough that one
-thread is also the fastest on a busy 2-core machine (measured: docs/intercept.md).
+thread is also the fastest on a busy 2-core machine (measured: docs/intercept.md). The
+kernels' instruction set is pinned where serbench is imported (:data:`serbench.KERNELS`).
 """
 
 from __future__ import annotations

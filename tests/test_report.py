@@ -45,6 +45,8 @@ def test_summary_holds_every_gender_statistic(fedsgd_run: tuple[Path, str]) -> N
     assert summary["worst"]["candidates"] == len(gender)
     environment = json.loads((out / "environment.json").read_text())
     assert environment["threads"] == 1 and "commit" in environment
+    from serbench import KERNELS  # the kernels' instruction set, pinned unless the user chose
+    assert environment["kernels"] == {k: os.environ.get(k, v) for k, v in KERNELS.items()}
 
 
 def test_piped_report_shows_every_number_in_full(fedsgd_run: tuple[Path, str]) -> None:
