@@ -15,7 +15,7 @@ standardised with its own statistics. ``auto`` picks the best on held-out shadow
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -133,6 +133,22 @@ class FLInferenceAttack(Attack):
         return FLConfig(self.algorithm, rounds=self.rounds, client_fraction=self.client_fraction,
                         n_classes=len(classes))
 
+    def target_per_round(self, ctx: EvalContext) -> int:
+        """The clients per round of the target's FL runs: the server's own schedule, so the
+        attacker knows it. Folds whose training sides differ in size may differ; the count of
+        most folds (the larger on a tie) stands for all, whichever folds a run evaluates."""
+        table, cfg = ctx.target.table, self.fl_config(ctx)
+        counts = [cfg.clients_per_round(len(make_clients(
+            table[table["fold"] != fold].reset_index(drop=True), ctx.target.clients_per_speaker,
+            ctx.seed))) for fold in sorted(set(table["fold"]))]
+        return max(set(counts), key=lambda c: (counts.count(c), c))
+
+    def shadow_config(self, ctx: EvalContext) -> FLConfig:
+        """The FL recipe of every simulation the attacker runs: the target's, aggregating the
+        target's clients per round (a fixed count, sampled without replacement, as the target's
+        schedule) whatever the number of shadow clients."""
+        return replace(self.fl_config(ctx), per_round=self.target_per_round(ctx))
+
     @property
     def recorded(self) -> tuple[str, str]:
         return f"{self.layer}.weight", f"{self.layer}.bias"
@@ -156,11 +172,12 @@ class FLInferenceAttack(Attack):
         as float32: what the weight-space candidates hold whole (several times over)."""
         shadow = ctx.shadow
         d_in = shadow.features(ctx.features).shape[1]
+        cfg = self.shadow_config(ctx)
         with torch.device("meta"):
-            layer = SERMLP(d_in, self.fl_config(ctx).n_classes).state_dict()
+            layer = SERMLP(d_in, cfg.n_classes).state_dict()
         clients = make_clients(shadow.table.reset_index(drop=True), shadow.clients_per_speaker,
                                ctx.seed)
-        updates = sum(recorded_per_round(len(clients), self.fl_config(ctx), self.probe_rounds))
+        updates = sum(recorded_per_round(len(clients), cfg, self.probe_rounds))
         return updates * 4 * sum(layer[name].numel() for name in self.recorded)
 
     def candidates(self, ctx: EvalContext) -> tuple[str, ...]:
@@ -187,15 +204,17 @@ class FLInferenceAttack(Attack):
         rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))
         return x[rows[:REFERENCE_INPUTS]].contiguous()
 
-    def recipe(self, ctx: EvalContext) -> FLRecipe:
+    def recipe(self, ctx: EvalContext, *, shadow: bool = False) -> FLRecipe:
         """The FL training the server runs, recording the attacked layer's updates (and, for
-        the inversion, keeping each round's backprop basis of the global model it sends)."""
+        the inversion, keeping each round's backprop basis of the global model it sends);
+        ``shadow``: the attacker's simulation of it (:meth:`shadow_config`)."""
         candidates = self.candidates(ctx)
         observe = (partial(backprop_basis, x_ref=self.reference_inputs(ctx))
                    if "inversion" in candidates else None)
         # The inversion alone: the server stores each update inverted as it arrives.
         keep = keep_inverted if candidates == ("inversion",) else None
-        return FLRecipe(self.fl_config(ctx), self.recorded, ctx.features,
+        cfg = self.shadow_config(ctx) if shadow else self.fl_config(ctx)
+        return FLRecipe(cfg, self.recorded, ctx.features,
                         emotion_classes(ctx.target.table["emotion"]), observe=observe, keep=keep)
 
     def fit(self, ctx: EvalContext) -> None:
@@ -261,7 +280,9 @@ class FLInferenceAttack(Attack):
                                       "y_true": genders, "y_pred": proba.argmax(1),
                                       "score": proba[:, 1], "client": owners}))
         extras = deployed.privacy | {
-            f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
+            f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()
+        } | {"clients per round (target)": deployed.per_round,
+             "clients per round (shadow)": self.shadow_config(ctx).per_round}
         return FoldResult(pd.concat(rows, ignore_index=True), extras, deployed.accounting)
 
 

@@ -89,9 +89,9 @@ class Shadow:
         run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
         if init_run is not None:
             init_seed = shadow_run_seeds(ctx.seed, init_run)[1]
-        deployed = federate(a.recipe(ctx), ctx.shadow, rows, ctx.shadow_defense, seed=run_seed,
-                            init_seed=init_seed, engine=ctx.engine, reporter=ctx.reporter,
-                            probe_rounds=a.probe_rounds, partial=True,
+        deployed = federate(a.recipe(ctx, shadow=True), ctx.shadow, rows, ctx.shadow_defense,
+                            seed=run_seed, init_seed=init_seed, engine=ctx.engine,
+                            reporter=ctx.reporter, probe_rounds=a.probe_rounds, partial=True,
                             description=f"shadow {a.algorithm}{what} ({ctx.mode})")
         if "inversion" in self.tried:  # from the raw first-layer updates, dropped once copied
             add_inverted(deployed.run.log, deployed.observed)

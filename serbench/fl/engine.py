@@ -41,9 +41,13 @@ class FLConfig:
     server_lr: float = 0.05  # FedSGD
     dropout: float = 0.2
     n_classes: int = 4
+    #: Clients aggregated per round; 0: ``client_fraction`` of them. An attacker's shadow run
+    #: sets the target's count, so that its rounds average as many updates as those it imitates.
+    per_round: int = 0
 
     def clients_per_round(self, n_clients: int) -> int:
-        return max(1, min(n_clients, int(round(self.client_fraction * n_clients))))
+        wanted = self.per_round or int(round(self.client_fraction * n_clients))
+        return max(1, min(n_clients, wanted))
 
 
 @cache
