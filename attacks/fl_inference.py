@@ -9,7 +9,11 @@ Candidates (``model``): the reference CNN, a logistic regression on the flattene
 on the first layer, the input-space inversion (:mod:`attacks.update_inversion`): the server
 keeps, of each round's global model it sends, the backprop basis on its own reference inputs,
 maps every first-layer update into class x input-feature space, and classifies there, each side
-standardised with its own statistics. ``auto`` picks the best on held-out shadow speakers.
+standardised with its own statistics. ``auto`` picks the best of the logistic regression and
+the inversion on held-out shadow speakers; the CNN, which lost every selection measured
+(docs/performance.md), is tried only when named. The adaptive attacker also tries the
+non-adaptive one's model, and reads every candidate with its sign and threshold calibrated on
+held-out shadow speakers run under the defense (:mod:`attacks.update_calibration`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import pandas as pd
 import torch
 
 from serbench.attacks.update_inversion import backprop_basis
+from serbench.attacks.update_calibration import IDENTITY, Calibration, calibrated
 from serbench.attacks.update_selection import CANDIDATES, STRATEGIES, Fitted, Shadow, \
-    held_out_speakers, held_out_uar
+    held_out_speakers, judge_fitted
 from serbench.attacks.update_sets import INVERTED, add_inverted, average_updates, \
     keep_inverted, normalise
 from serbench.context import Attack, EvalContext
@@ -37,6 +42,7 @@ from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import predict_proba
 from serbench.plugins import Surface
+from serbench.registry import load_plugin
 from serbench.results import FoldResult
 
 #: Reference inputs (attacker's shadow inputs) for each round's backprop basis.
@@ -62,7 +68,8 @@ class FLInferenceAttack(Attack):
     #: Sizes n of the per-client averages of n consecutive updates attacked ("all": every
     #: update of a client).
     averaging: str = "1,5,10,all"
-    #: The attack model: auto (the best on held-out shadow speakers), cnn, linear or inversion.
+    #: The attack model: auto (the best of linear and inversion on held-out shadow speakers),
+    #: cnn, linear or inversion.
     model: str = "auto"
     #: The CNN candidate's pooling of the update's input-feature axis.
     input_pool: int = 8
@@ -80,7 +87,7 @@ class FLInferenceAttack(Attack):
     #: held-out speakers of the training run, whose shared trajectory flatters the
     #: weight-space models (docs/design.md: on synth they were chosen and transferred worst).
     validation: str = "run"
-    #: ``model=auto`` leaves out the weight-space candidates (linear, cnn) when one shadow FL
+    #: ``model=auto`` leaves out the weight-space candidate (linear) when one shadow FL
     #: run's recorded updates of the attacked layer take more than this many GiB: they need
     #: every update whole in memory, the shadow's and the target's, while the inversion keeps
     #: 4 x D numbers of each update, computed as it arrives (docs/performance.md). At the
@@ -186,7 +193,7 @@ class FLInferenceAttack(Attack):
         if self.model != "auto":
             return (self.model,)
         size = self.weight_space_bytes(ctx) if ctx.shadow is not None else 0
-        found = (("linear", "cnn") if size <= self.weight_space_gib * 2**30 else ()) + (
+        found = (("linear",) if size <= self.weight_space_gib * 2**30 else ()) + (
             ("inversion",) if self.inverts(ctx) else ())
         if not found:
             raise SerbenchError(
@@ -221,34 +228,49 @@ class FLInferenceAttack(Attack):
         """Shadow training in ``ctx.mode``: every candidate model trains on shadow FL runs and
         is judged on held-out shadow speakers, a third of each gender, so that the attacker is
         tuned, and its model chosen, for speakers it has never seen (never on the target); the
-        chosen one is trained again as ``validation`` says (:mod:`attacks.update_selection`)."""
+        chosen one is trained again as ``validation`` says (:mod:`attacks.update_selection`).
+        The adaptive attacker also has the non-adaptive one's model, and reads each candidate
+        with its sign and threshold calibrated on those speakers."""
         if ctx.shadow is None:
             raise SerbenchError(f"attack {self.name!r} needs shadow data: give --shadow")
         strategy = STRATEGIES[self.validation]
         shadow = Shadow(self, ctx, self.candidates(ctx), held_out_speakers(ctx.shadow.table,
                                                                            ctx.seed))
         strategy.select(shadow)
-        chosen = {name: CANDIDATES[name].select(shadow, strategy) for name in shadow.tried}
-        # The inversion's score comes from its grid search, the others' from the held-out set.
-        selection = {name: score for name, (score, _) in chosen.items() if score is not None}
-        if len(selection) < len(chosen):
-            held = strategy.held_out(shadow)
-            selection |= {name: held_out_uar(model, held) for name, (score, model)
-                          in chosen.items() if score is None}
+        judged = {name: CANDIDATES[name].select(shadow, strategy)
+                  for name in sorted(shadow.tried, key=lambda n: CANDIDATES[n].scored_last)}
+        if ctx.mode == "adaptive":
+            judged["non-adaptive"] = judge_fitted(shadow, strategy, self.non_adaptive(ctx))
+        selection = {name: j.score for name, j in judged.items()}
         best = max(selection, key=selection.get)
+        chosen = judged.pop(best)
+        del judged
+        self.log_choice(ctx, shadow, selection, best, chosen.calibration)
+        if strategy.final_runs(shadow):  # only the statistics of the selection set are kept
+            shadow.data = shadow.check = None
+        fitted = (chosen.state if best == "non-adaptive"
+                  else CANDIDATES[best].refit(shadow, strategy, chosen.state))
+        self._fitted[ctx.mode] = fitted._replace(
+            model=calibrated(fitted.model, chosen.calibration), selection=selection)
+
+    def non_adaptive(self, ctx: EvalContext) -> Fitted:
+        """The non-adaptive mode's fitted model (fitted now where a resumed run skipped it)."""
+        if "non-adaptive" not in self._fitted:
+            self.fit(replace(ctx, mode="non-adaptive",
+                             shadow_defense=load_plugin("defense", "none")()))
+        return self._fitted["non-adaptive"]
+
+    def log_choice(self, ctx: EvalContext, shadow: Shadow, selection: dict[str, float],
+                   best: str, calibration: Calibration) -> None:
         left_out = "" if shadow.weight or self.model != "auto" else (
             f"; weight-space models left out: one shadow run's updates take "
             f"{self.weight_space_bytes(ctx) / 2**30:.1f} GiB > weight_space_gib="
             f"{self.weight_space_gib:g}")
-        ctx.reporter.log(f"{ctx.mode} attack model: {best} (held-out shadow UAR "
+        read = "" if calibration == IDENTITY else (
+            f", read with sign {calibration.sign:+d} and threshold {calibration.threshold:.3g}")
+        ctx.reporter.log(f"{ctx.mode} attack model: {best}{read} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + left_out
                          + ")")
-        state = chosen[best][1]
-        del chosen
-        if strategy.final_runs(shadow):  # only the statistics of the selection set are kept
-            shadow.data = shadow.check = None
-        fitted = CANDIDATES[best].refit(shadow, strategy, state)
-        self._fitted[ctx.mode] = fitted._replace(selection=selection)
 
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table

@@ -4,13 +4,18 @@ is trained again on; a candidate protocol builds its training set, fits, scores 
 speakers and refits. Adding a candidate is one :class:`Candidate` in :data:`CANDIDATES`;
 adding a validation strategy is one :class:`Strategy` in :data:`STRATEGIES`.
 
-The order of the shadow runs is part of the protocol: each run reseeds torch's global RNG (the
-server's initialisation), from which the CNN candidate is initialised, so runs happen in the
-order below and a seed gives the same numbers as it always did.
+Every step seeds itself from the run seed (:mod:`serbench.seeds`): the shadow runs, and the CNN
+candidate's initialisation, which before drew from torch's global RNG as the last shadow run
+left it, so the runs had to happen in one order in one process.
+
+In the adaptive mode every candidate, and the non-adaptive mode's fitted model, is judged with
+its sign and threshold calibrated on the held-out shadow speakers
+(:mod:`attacks.update_calibration`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -19,21 +24,32 @@ import pandas as pd
 import torch
 from torch import nn
 
+from serbench.attacks.update_calibration import IDENTITY, Calibration, calibrate, \
+    grouped_margins, margins
 from serbench.attacks.update_inversion import InputSpaceModel
 from serbench.attacks.update_models import LinearUpdateModel, UpdateAttackModel
-from serbench.attacks.update_sets import INVERTED, Stats, TrainingSet, add_inverted, stacked, \
-    training_set, weight_space
+from serbench.attacks.update_sets import INVERTED, Stats, TrainingSet, add_inverted, normalise, \
+    stacked, training_set, weight_space
 from serbench.context import Attack, EvalContext
 from serbench.deploy.federated import federate
 from serbench.errors import SerbenchError
 from serbench.fl.engine import UpdateLog
-from serbench.models.train import Validation, fit_classifier, predict_proba
+from serbench.models.train import Validation, fit_classifier
 from serbench.scoring import uar
-from serbench.seeds import shadow_run_seeds
+from serbench.seeds import shadow_run_seeds, stable_seed
 
 #: The inversion candidate's grid, searched on held-out shadow speakers: (C, row scaling).
 INVERSION_GRID = tuple((c, scale) for scale in ("class", "update")
                        for c in (1e-3, 1e-2, 1e-1, 1.0))
+
+
+class Judged(NamedTuple):
+    """A candidate judged on held-out shadow speakers: its UAR there, the calibration it was
+    reached with, and what :meth:`Candidate.refit` needs."""
+
+    score: float
+    calibration: Calibration
+    state: Any
 
 
 class Fitted(NamedTuple):
@@ -75,8 +91,10 @@ class Shadow:
     check: TrainingSet | None = None
     #: The selection runs' logs (``train``, and ``check`` for the held-out run).
     logs: dict[str, UpdateLog] = field(default_factory=dict)
-    #: The inversion's stacked selection set (its inputs and genders).
+    #: The inversion's stacked selection set (its inputs and genders), and its held-out rows
+    #: (inputs, genders, averaging-size groups).
     inverted_set: tuple[list[torch.Tensor], torch.Tensor] | None = None
+    inverted_held: tuple[list[torch.Tensor], np.ndarray, np.ndarray] | None = None
 
     @property
     def weight(self) -> bool:
@@ -106,6 +124,14 @@ class Shadow:
 
     def labels(self) -> torch.Tensor:
         return torch.as_tensor(self.data.genders)
+
+    def judge(self, margin: np.ndarray, truth: np.ndarray) -> tuple[float, Calibration]:
+        """A candidate's held-out UAR from its margins: with its sign and threshold calibrated
+        where the shadow runs under the defense the adaptive attacker simulates, as it is in
+        the non-adaptive mode (as in the papers)."""
+        if self.ctx.mode == "adaptive":
+            return calibrate(margin, truth)
+        return uar(truth, (margin > 0).astype(np.int64)), IDENTITY
 
 
 class Strategy:
@@ -230,22 +256,37 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (HeldOutRun(), SameRun())}
 
 
 class Candidate:
-    """An attack model: :meth:`select` fits it for selection and returns its held-out shadow
-    UAR with what :meth:`refit` needs to give the fitted model for the target."""
+    """An attack model: :meth:`select` fits it for selection and judges it on the held-out
+    shadow speakers, with what :meth:`refit` needs to give the fitted model for the target."""
 
     name: ClassVar[str]
-    #: Scored with the others after the inversion's grid (the order of the record).
+    #: Recorded after the inversion (the order of the record).
     scored_last: ClassVar[bool] = True
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[float | None, Any]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         raise NotImplementedError
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         raise NotImplementedError
 
 
-def held_out_uar(model: nn.Module, held: tuple[list[torch.Tensor], torch.Tensor]) -> float:
-    return uar(held[1].numpy(), predict_proba(model, model.prepare(*held[0])).argmax(1).numpy())
+def judge_weight_space(shadow: Shadow, strategy: Strategy, model: nn.Module) -> Judged:
+    """A weight-space candidate judged on the held-out speakers' standardised updates."""
+    inputs, truth = strategy.held_out(shadow)
+    return Judged(*shadow.judge(margins(model, model.prepare(*inputs)), truth.numpy()), model)
+
+
+def judge_fitted(shadow: Shadow, strategy: Strategy, fitted: Fitted) -> Judged:
+    """Another mode's fitted model (the non-adaptive one) judged on this mode's held-out
+    speakers, read as it reads the target: inverted updates standardised per averaging size,
+    or the updates standardised with its own shadow's statistics."""
+    if fitted.names == INVERTED:
+        inputs, truth, groups = shadow.inverted_held
+        return Judged(*shadow.judge(grouped_margins(fitted.model, inputs, groups), truth), fitted)
+    inputs, truth = strategy.held_out(shadow)
+    raw = [t * std + mean for t, (mean, std) in zip(inputs, shadow.stats)]
+    prepared = fitted.model.prepare(*normalise(raw, fitted.stats))
+    return Judged(*shadow.judge(margins(fitted.model, prepared), truth.numpy()), fitted)
 
 
 class Linear(Candidate):
@@ -253,9 +294,10 @@ class Linear(Candidate):
 
     name = "linear"
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[None, nn.Module]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         rows = strategy.fit_rows(shadow)
-        return None, LinearUpdateModel().fit([shadow.data.flat[rows]], shadow.labels()[rows])
+        model = LinearUpdateModel().fit([shadow.data.flat[rows]], shadow.labels()[rows])
+        return judge_weight_space(shadow, strategy, model)
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         """Cheap to refit: on every shadow speaker (of a run of them all, for ``run``)."""
@@ -272,9 +314,11 @@ class CNN(Candidate):
 
     name = "cnn"
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[None, nn.Module]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         a, ctx = shadow.attack, shadow.ctx
-        model = UpdateAttackModel(shadow.data.inputs[1].shape[1], a.input_pool)
+        with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before it
+            torch.manual_seed(stable_seed(ctx.seed, ctx.mode, "attack cnn"))
+            model = UpdateAttackModel(shadow.data.inputs[1].shape[1], a.input_pool)
         rows = strategy.fit_rows(shadow)
         held_x, held_y = strategy.held_out(shadow)
         # prepare() pools each update on its own: pooling a subset is the subset of the pooled
@@ -284,7 +328,7 @@ class CNN(Candidate):
             model = fit_classifier(model, fit_x, shadow.labels()[rows],
                                    val=Validation(val_x, held_y, patience=3), epochs=a.epochs,
                                    lr=1e-3, weight_decay=1e-4, seed=ctx.seed, advance=adv)
-        return None, model
+        return judge_weight_space(shadow, strategy, model)
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         return Fitted(shadow.stats, chosen, {}, shadow.attack.recorded)
@@ -297,15 +341,17 @@ class Inversion(Candidate):
     name = "inversion"
     scored_last = False
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[float, tuple[float, str]]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         parts, held = strategy.inverted_parts(shadow)
         inputs, labels = stacked(parts)
-        grid, score = inversion_grid(inputs, labels, torch.as_tensor(held),
-                                     np.concatenate([p.groups for p in parts]))
+        groups = np.concatenate([p.groups for p in parts])
+        grid, judged = inversion_grid(inputs, labels, torch.as_tensor(held), groups,
+                                      shadow.judge)
         shadow.inverted_set = (inputs, labels)
+        shadow.inverted_held = ([t[held] for t in inputs], labels[held].numpy(), groups[held])
         shadow.ctx.reporter.log(f"{shadow.ctx.mode} inversion candidate: C={grid[0]:g}, "
                                 f"rows scaled per {grid[1]}")
-        return score, grid
+        return Judged(*judged, grid)
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         """On the selection runs (``same-run``), or on runs of every shadow speaker (``run``:
@@ -328,21 +374,17 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in (Linear(), CNN(), Inversi
 
 
 def inversion_grid(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
-                   groups: np.ndarray) -> tuple[tuple[float, str], float]:
+                   groups: np.ndarray, judge: Callable[[np.ndarray, np.ndarray], Any]
+                   ) -> tuple[tuple[float, str], tuple[float, Calibration]]:
     """The inversion candidate's setting: :data:`INVERSION_GRID` searched on held-out shadow
     speakers (each averaging size standardised with its own statistics, as the target's
-    will be), with its held-out UAR."""
+    will be), with its held-out UAR and calibration (``judge``: :meth:`Shadow.judge`)."""
     train = ([t[~val] for t in inputs], labels[~val])
     held = [t[val] for t in inputs]
     held_groups, truth = groups[val.numpy()], labels[val].numpy()
-    scores = {}
+    judged = {}
     for c, scale in INVERSION_GRID:
         model = InputSpaceModel(c, scale).fit(*train)
-        pred = np.empty(len(truth), dtype=np.int64)
-        for g in np.unique(held_groups):
-            rows = torch.as_tensor(np.flatnonzero(held_groups == g))
-            part = [t[rows] for t in held]
-            pred[rows.numpy()] = model.adapt(part)(*part).argmax(1).numpy()
-        scores[c, scale] = uar(truth, pred)
-    best = max(scores, key=scores.get)
-    return best, scores[best]
+        judged[c, scale] = judge(grouped_margins(model, held, held_groups), truth)
+    best = max(judged, key=lambda grid: judged[grid][0])
+    return best, judged[best]
