@@ -58,6 +58,7 @@ class FLInferenceAttack(Attack):
     feature_kinds: ClassVar[tuple[str, ...]] = ("functionals",)
     algorithm: ClassVar[str]
     shadow_trains_with_defense: ClassVar[bool] = True  # the shadow FL clients train defended
+    parallel_folds: ClassVar[bool] = True
 
     #: The layer whose updates the attacker reads: first, second or last.
     layer: str = "first"

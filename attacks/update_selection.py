@@ -28,15 +28,16 @@ from serbench.attacks.update_calibration import IDENTITY, Calibration, calibrate
     grouped_margins, margins
 from serbench.attacks.update_inversion import InputSpaceModel
 from serbench.attacks.update_models import LinearUpdateModel, UpdateAttackModel
-from serbench.attacks.update_sets import INVERTED, Stats, TrainingSet, add_inverted, normalise, \
-    stacked, training_set, weight_space
+from serbench.attacks.update_runs import RunSpec, ShadowRuns
+from serbench.attacks.update_sets import INVERTED, Stats, TrainingSet, normalise, stacked, \
+    training_set, weight_space
 from serbench.context import Attack, EvalContext
-from serbench.deploy.federated import federate
 from serbench.errors import SerbenchError
 from serbench.fl.engine import UpdateLog
 from serbench.models.train import Validation, fit_classifier
 from serbench.scoring import uar
-from serbench.seeds import shadow_run_seeds, stable_seed
+from serbench.seeds import stable_seed
+from serbench.workers import in_process, process_map
 
 #: The inversion candidate's grid, searched on held-out shadow speakers: (C, row scaling).
 INVERSION_GRID = tuple((c, scale) for scale in ("class", "update")
@@ -89,8 +90,10 @@ class Shadow:
     data: TrainingSet | None = None
     stats: Stats | None = None
     check: TrainingSet | None = None
-    #: The selection runs' logs (``train``, and ``check`` for the held-out run).
+    #: The selection runs' logs (``train``, and ``check`` for the held-out run), and those of
+    #: the inversion's further runs (:meth:`Strategy.more_runs`).
     logs: dict[str, UpdateLog] = field(default_factory=dict)
+    more: list[UpdateLog] = field(default_factory=list)
     #: The inversion's stacked selection set (its inputs and genders), and its held-out rows
     #: (inputs, genders, averaging-size groups).
     inverted_set: tuple[list[torch.Tensor], torch.Tensor] | None = None
@@ -100,20 +103,17 @@ class Shadow:
     def weight(self) -> bool:
         return any(name != "inversion" for name in self.tried)
 
-    def run(self, k: int, rows: np.ndarray, what: str, init_run: int | None = None) -> UpdateLog:
-        """Shadow FL run ``k`` on ``rows`` (initialised like run ``init_run``, default ``k``),
-        its first-layer updates inverted where the inversion is a candidate."""
+    def runs(self, specs: list[RunSpec]) -> list[UpdateLog]:
+        """The shadow FL runs ``specs``, in worker processes where there are several (the
+        progress bars only where this process runs them), their first-layer updates inverted
+        where the inversion is a candidate."""
         a, ctx = self.attack, self.ctx
-        run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
-        if init_run is not None:
-            init_seed = shadow_run_seeds(ctx.seed, init_run)[1]
-        deployed = federate(a.recipe(ctx, shadow=True), ctx.shadow, rows, ctx.shadow_defense,
-                            seed=run_seed, init_seed=init_seed, engine=ctx.engine,
-                            reporter=ctx.reporter, probe_rounds=a.probe_rounds, partial=True,
-                            description=f"shadow {a.algorithm}{what} ({ctx.mode})")
-        if "inversion" in self.tried:  # from the raw first-layer updates, dropped once copied
-            add_inverted(deployed.run.log, deployed.observed)
-        return deployed.run.log
+        work = ShadowRuns(a.recipe(ctx, shadow=True), ctx.shadow, ctx.shadow_defense, ctx.seed,
+                          ctx.engine, a.probe_rounds, "inversion" in self.tried,
+                          f"shadow {a.algorithm}{{what}} ({ctx.mode})", ctx.reporter)
+        if not in_process(specs, ctx.workers):
+            work = work.quiet()
+        return list(process_map(work, specs, workers=ctx.workers))
 
     def weight_set(self, log: UpdateLog, stats: Stats | None = None
                    ) -> tuple[TrainingSet, Stats]:
@@ -161,13 +161,16 @@ class Strategy:
         """The shadow rows the selection runs train on: every row by default."""
         return np.arange(len(shadow.ctx.shadow.table))
 
-    def training_parts(self, shadow: Shadow) -> list[TrainingSet]:
-        """The inverted sets of the training run and of the inversion's further runs (other
-        initialisations and samplings) on :meth:`train_rows`."""
+    def more_runs(self, shadow: Shadow) -> list[RunSpec]:
+        """The inversion's further runs on :meth:`train_rows` (other initialisations and
+        samplings), run with the selection runs; none without the inversion."""
         rows = self.train_rows(shadow)
-        return [shadow.inverted(shadow.logs["train"])] + [
-            shadow.inverted(shadow.run(k, rows, f" run {k + 1}"))
-            for k in range(1, shadow.attack.shadow_runs)]
+        return [RunSpec(k, rows, f" run {k + 1}", raw=False)
+                for k in range(1, shadow.attack.shadow_runs) if "inversion" in shadow.tried]
+
+    def training_parts(self, shadow: Shadow) -> list[TrainingSet]:
+        """The inverted sets of the training run and of :meth:`more_runs`."""
+        return [shadow.inverted(log) for log in (shadow.logs["train"], *shadow.more)]
 
     def final_runs(self, shadow: Shadow) -> bool:
         """Whether the chosen model is trained again on runs of every shadow speaker."""
@@ -196,14 +199,15 @@ class HeldOutRun(Strategy):
         return np.flatnonzero(~self._in_held(shadow))
 
     def select(self, shadow: Shadow) -> None:
-        shadow.logs["train"] = shadow.run(0, self.train_rows(shadow), " selection run")
-        if shadow.weight:  # standardised (and the raw layers dropped) before the next run
-            shadow.data, shadow.stats = shadow.weight_set(shadow.logs["train"])
-        shadow.logs["check"] = shadow.run(shadow.attack.shadow_runs,
-                                          np.flatnonzero(self._in_held(shadow)),
-                                          " validation run", init_run=0)
-        if shadow.weight:
-            shadow.check = shadow.weight_set(shadow.logs["check"], shadow.stats)[0]
+        held = np.flatnonzero(self._in_held(shadow))
+        train, check, *shadow.more = shadow.runs([
+            RunSpec(0, self.train_rows(shadow), " selection run", raw=shadow.weight),
+            RunSpec(shadow.attack.shadow_runs, held, " validation run", init_run=0,
+                    raw=shadow.weight), *self.more_runs(shadow)])
+        shadow.logs.update(train=train, check=check)
+        if shadow.weight:  # standardised, and the raw layers dropped
+            shadow.data, shadow.stats = shadow.weight_set(train)
+            shadow.check = shadow.weight_set(check, shadow.stats)[0]
         _check_genders(shadow.attack, shadow.logs["train"].genders, "training")
         _check_genders(shadow.attack, shadow.logs["check"].genders, "held-out")
 
@@ -230,7 +234,8 @@ class SameRun(Strategy):
     name = "same-run"
 
     def select(self, shadow: Shadow) -> None:
-        log = shadow.run(0, self.train_rows(shadow), "")
+        log, *shadow.more = shadow.runs([RunSpec(0, self.train_rows(shadow), "",
+                                                 raw=shadow.weight), *self.more_runs(shadow)])
         shadow.logs["train"] = log
         if shadow.weight:
             shadow.data, shadow.stats = shadow.weight_set(log)
@@ -304,7 +309,7 @@ class Linear(Candidate):
         if strategy.final_runs(shadow):
             everyone = np.arange(len(shadow.ctx.shadow.table))
             shadow.data, shadow.stats = shadow.weight_set(
-                shadow.run(0, everyone, " (all speakers)"))
+                shadow.runs([RunSpec(0, everyone, " (all speakers)")])[0])
         model = LinearUpdateModel().fit([shadow.data.flat], shadow.labels())
         return Fitted(shadow.stats, model, {}, shadow.attack.recorded)
 
@@ -358,13 +363,9 @@ class Inversion(Candidate):
         not the validation run, whose few clients take part unusually often)."""
         if strategy.final_runs(shadow):
             everyone = np.arange(len(shadow.ctx.shadow.table))
-            parts = []
-            for k in range(shadow.attack.shadow_runs):
-                log = shadow.run(k, everyone, f" run {k + 1} (all speakers)")
-                for name in shadow.attack.recorded:  # only its inverted updates are needed
-                    log.layers.pop(name, None)
-                parts.append(shadow.inverted(log))
-            inputs, labels = stacked(parts)
+            logs = shadow.runs([RunSpec(k, everyone, f" run {k + 1} (all speakers)", raw=False)
+                                for k in range(shadow.attack.shadow_runs)])
+            inputs, labels = stacked([shadow.inverted(log) for log in logs])
         else:
             inputs, labels = shadow.inverted_set
         return Fitted(None, InputSpaceModel(*chosen).fit(inputs, labels), {}, INVERTED)
