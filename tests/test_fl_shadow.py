@@ -62,7 +62,7 @@ def test_shadow_runs_aggregate_the_targets_clients_per_round(
     # Synth's fold 1 trains on 14 clients (1 per round); its other folds, 15 to 19 (2): the
     # shadow takes the count of most folds, so these folds' targets and shadows agree.
     result = run_eval(EvalConfig(attack="fedavg", defense="noise", folds=[2, 3],
-                                 attack_params=TINY), tmp_path / "run")
+                                 attack_params=TINY, workers=1), tmp_path / "run")
     assert [m.mode for m in result.modes] == ["non-adaptive", "adaptive"]
     target = {n for seed, n in calls if seed < SHADOW_OFFSET}
     shadow = [n for seed, n in calls if seed >= SHADOW_OFFSET]
