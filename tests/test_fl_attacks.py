@@ -32,12 +32,16 @@ def single_update_leakage(result) -> float:
 def test_null_corpus_leaks_nothing(attack: str, tmp_path) -> None:
     """SPEC §8: where gender has no acoustic cue, leakage is chance; a leak would be a bug.
 
-    Single-update leakage pooled over all folds (~900 updates); the n=all average rests on a
-    handful of clients per fold and is too noisy for a ±0.05 band.
+    Single-update leakage pooled over all folds (~900 updates of 20 speakers): no more than
+    0.05 above chance, and its speaker-bootstrap CI covers chance. Below chance is no leak: the
+    updates cluster by speaker, so 20 speakers' CI is about ±0.17 wide, and FedSGD gave 0.442
+    (CI 0.27–0.62) once the shadow runs aggregated the target's 2 clients per round instead
+    of 1 (issue 28); the n=all average rests on a handful of clients per fold.
     """
     cfg = EvalConfig(attack=attack, dataset_options={"null": True}, attack_params=FAST)
     result = run_eval(cfg, tmp_path / "run")
-    assert abs(single_update_leakage(result) - 0.5) <= 0.05
+    single = result.modes[0].pooled.query("task == 'gender' and group == 'n=1'").iloc[0]
+    assert single["uar"] <= 0.55 and single["ci_low"] <= 0.5 <= single["ci_high"]
     assert result.modes[0].summary["emotion.uar"]["mean"] > 0.5  # the target still learns
     worst = result.worst()  # the headline's CI, widened for the choice, covers chance
     assert worst.ci_low <= 0.5 <= worst.ci_high
@@ -113,15 +117,16 @@ def test_a_training_set_that_would_not_fit_fails_early_with_one_line(
     """The attack's own working set is checked like the update log: the size and the options
     that reduce it, in one line, before it is allocated (not an OOM kill)."""
     # 10 rounds, probing rounds 0 and 8, the 14 shadow speakers not held out (20 less a third
-    # of each gender): 2 x 14 + 8 x 1 = 36 shadow updates of 1.01 MB (the log fits in 60 MB);
-    # with their 14 per-client averages, 50 rows twice do not.
+    # of each gender), 2 sampled per round as in the target's runs: 2 x 14 + 8 x 2 = 44 shadow
+    # updates of 1.01 MB (the log fits in 60 MB); with their 14 per-client averages, 58 rows
+    # twice do not.
     monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + 60 * 2**20)
     cfg = EvalConfig(attack="fedavg", folds=[1],
                      attack_params={"rounds": 10, "averaging": "1,all", "model": "linear"})
     with pytest.raises(SerbenchError) as failure:
         run_eval(cfg, tmp_path / "run")
     message = str(failure.value)
-    assert "\n" not in message and "the attack's training set (50 rows" in message
+    assert "\n" not in message and "the attack's training set (58 rows" in message
     assert "shadow_probe_every=16" in message
 
 
