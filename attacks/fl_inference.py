@@ -9,13 +9,17 @@ Candidates (``model``): the reference CNN, a logistic regression on the flattene
 on the first layer, the input-space inversion (:mod:`attacks.update_inversion`): the server
 keeps, of each round's global model it sends, the backprop basis on its own reference inputs,
 maps every first-layer update into class x input-feature space, and classifies there, each side
-standardised with its own statistics. ``auto`` picks the best on held-out shadow speakers.
+standardised with its own statistics. ``auto`` picks the best of the logistic regression and
+the inversion on held-out shadow speakers; the CNN, which lost every selection measured
+(docs/performance.md), is tried only when named. The adaptive attacker also tries the
+non-adaptive one's model, and reads every candidate with its sign and threshold calibrated on
+held-out shadow speakers run under the defense (:mod:`attacks.update_calibration`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -24,8 +28,9 @@ import pandas as pd
 import torch
 
 from serbench.attacks.update_inversion import backprop_basis
+from serbench.attacks.update_calibration import IDENTITY, Calibration, calibrated
 from serbench.attacks.update_selection import CANDIDATES, STRATEGIES, Fitted, Shadow, \
-    held_out_speakers, held_out_uar
+    held_out_speakers, judge_fitted
 from serbench.attacks.update_sets import INVERTED, add_inverted, average_updates, \
     keep_inverted, normalise
 from serbench.context import Attack, EvalContext
@@ -37,6 +42,7 @@ from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import predict_proba
 from serbench.plugins import Surface
+from serbench.registry import load_plugin
 from serbench.results import FoldResult
 
 #: Reference inputs (attacker's shadow inputs) for each round's backprop basis.
@@ -52,6 +58,7 @@ class FLInferenceAttack(Attack):
     feature_kinds: ClassVar[tuple[str, ...]] = ("functionals",)
     algorithm: ClassVar[str]
     shadow_trains_with_defense: ClassVar[bool] = True  # the shadow FL clients train defended
+    parallel_folds: ClassVar[bool] = True
 
     #: The layer whose updates the attacker reads: first, second or last.
     layer: str = "first"
@@ -62,7 +69,8 @@ class FLInferenceAttack(Attack):
     #: Sizes n of the per-client averages of n consecutive updates attacked ("all": every
     #: update of a client).
     averaging: str = "1,5,10,all"
-    #: The attack model: auto (the best on held-out shadow speakers), cnn, linear or inversion.
+    #: The attack model: auto (the best of linear and inversion on held-out shadow speakers),
+    #: cnn, linear or inversion.
     model: str = "auto"
     #: The CNN candidate's pooling of the update's input-feature axis.
     input_pool: int = 8
@@ -80,7 +88,7 @@ class FLInferenceAttack(Attack):
     #: held-out speakers of the training run, whose shared trajectory flatters the
     #: weight-space models (docs/design.md: on synth they were chosen and transferred worst).
     validation: str = "run"
-    #: ``model=auto`` leaves out the weight-space candidates (linear, cnn) when one shadow FL
+    #: ``model=auto`` leaves out the weight-space candidate (linear) when one shadow FL
     #: run's recorded updates of the attacked layer take more than this many GiB: they need
     #: every update whole in memory, the shadow's and the target's, while the inversion keeps
     #: 4 x D numbers of each update, computed as it arrives (docs/performance.md). At the
@@ -133,6 +141,22 @@ class FLInferenceAttack(Attack):
         return FLConfig(self.algorithm, rounds=self.rounds, client_fraction=self.client_fraction,
                         n_classes=len(classes))
 
+    def target_per_round(self, ctx: EvalContext) -> int:
+        """The clients per round of the target's FL runs: the server's own schedule, so the
+        attacker knows it. Folds whose training sides differ in size may differ; the count of
+        most folds (the larger on a tie) stands for all, whichever folds a run evaluates."""
+        table, cfg = ctx.target.table, self.fl_config(ctx)
+        counts = [cfg.clients_per_round(len(make_clients(
+            table[table["fold"] != fold].reset_index(drop=True), ctx.target.clients_per_speaker,
+            ctx.seed))) for fold in sorted(set(table["fold"]))]
+        return max(set(counts), key=lambda c: (counts.count(c), c))
+
+    def shadow_config(self, ctx: EvalContext) -> FLConfig:
+        """The FL recipe of every simulation the attacker runs: the target's, aggregating the
+        target's clients per round (a fixed count, sampled without replacement, as the target's
+        schedule) whatever the number of shadow clients."""
+        return replace(self.fl_config(ctx), per_round=self.target_per_round(ctx))
+
     @property
     def recorded(self) -> tuple[str, str]:
         return f"{self.layer}.weight", f"{self.layer}.bias"
@@ -156,11 +180,12 @@ class FLInferenceAttack(Attack):
         as float32: what the weight-space candidates hold whole (several times over)."""
         shadow = ctx.shadow
         d_in = shadow.features(ctx.features).shape[1]
+        cfg = self.shadow_config(ctx)
         with torch.device("meta"):
-            layer = SERMLP(d_in, self.fl_config(ctx).n_classes).state_dict()
+            layer = SERMLP(d_in, cfg.n_classes).state_dict()
         clients = make_clients(shadow.table.reset_index(drop=True), shadow.clients_per_speaker,
                                ctx.seed)
-        updates = sum(recorded_per_round(len(clients), self.fl_config(ctx), self.probe_rounds))
+        updates = sum(recorded_per_round(len(clients), cfg, self.probe_rounds))
         return updates * 4 * sum(layer[name].numel() for name in self.recorded)
 
     def candidates(self, ctx: EvalContext) -> tuple[str, ...]:
@@ -169,7 +194,7 @@ class FLInferenceAttack(Attack):
         if self.model != "auto":
             return (self.model,)
         size = self.weight_space_bytes(ctx) if ctx.shadow is not None else 0
-        found = (("linear", "cnn") if size <= self.weight_space_gib * 2**30 else ()) + (
+        found = (("linear",) if size <= self.weight_space_gib * 2**30 else ()) + (
             ("inversion",) if self.inverts(ctx) else ())
         if not found:
             raise SerbenchError(
@@ -187,49 +212,66 @@ class FLInferenceAttack(Attack):
         rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))
         return x[rows[:REFERENCE_INPUTS]].contiguous()
 
-    def recipe(self, ctx: EvalContext) -> FLRecipe:
+    def recipe(self, ctx: EvalContext, *, shadow: bool = False) -> FLRecipe:
         """The FL training the server runs, recording the attacked layer's updates (and, for
-        the inversion, keeping each round's backprop basis of the global model it sends)."""
+        the inversion, keeping each round's backprop basis of the global model it sends);
+        ``shadow``: the attacker's simulation of it (:meth:`shadow_config`)."""
         candidates = self.candidates(ctx)
         observe = (partial(backprop_basis, x_ref=self.reference_inputs(ctx))
                    if "inversion" in candidates else None)
         # The inversion alone: the server stores each update inverted as it arrives.
         keep = keep_inverted if candidates == ("inversion",) else None
-        return FLRecipe(self.fl_config(ctx), self.recorded, ctx.features,
+        cfg = self.shadow_config(ctx) if shadow else self.fl_config(ctx)
+        return FLRecipe(cfg, self.recorded, ctx.features,
                         emotion_classes(ctx.target.table["emotion"]), observe=observe, keep=keep)
 
     def fit(self, ctx: EvalContext) -> None:
         """Shadow training in ``ctx.mode``: every candidate model trains on shadow FL runs and
         is judged on held-out shadow speakers, a third of each gender, so that the attacker is
         tuned, and its model chosen, for speakers it has never seen (never on the target); the
-        chosen one is trained again as ``validation`` says (:mod:`attacks.update_selection`)."""
+        chosen one is trained again as ``validation`` says (:mod:`attacks.update_selection`).
+        The adaptive attacker also has the non-adaptive one's model, and reads each candidate
+        with its sign and threshold calibrated on those speakers."""
         if ctx.shadow is None:
             raise SerbenchError(f"attack {self.name!r} needs shadow data: give --shadow")
         strategy = STRATEGIES[self.validation]
         shadow = Shadow(self, ctx, self.candidates(ctx), held_out_speakers(ctx.shadow.table,
                                                                            ctx.seed))
         strategy.select(shadow)
-        chosen = {name: CANDIDATES[name].select(shadow, strategy) for name in shadow.tried}
-        # The inversion's score comes from its grid search, the others' from the held-out set.
-        selection = {name: score for name, (score, _) in chosen.items() if score is not None}
-        if len(selection) < len(chosen):
-            held = strategy.held_out(shadow)
-            selection |= {name: held_out_uar(model, held) for name, (score, model)
-                          in chosen.items() if score is None}
+        judged = {name: CANDIDATES[name].select(shadow, strategy)
+                  for name in sorted(shadow.tried, key=lambda n: CANDIDATES[n].scored_last)}
+        if ctx.mode == "adaptive":
+            judged["non-adaptive"] = judge_fitted(shadow, strategy, self.non_adaptive(ctx))
+        selection = {name: j.score for name, j in judged.items()}
         best = max(selection, key=selection.get)
+        chosen = judged.pop(best)
+        del judged
+        self.log_choice(ctx, shadow, selection, best, chosen.calibration)
+        if strategy.final_runs(shadow):  # only the statistics of the selection set are kept
+            shadow.data = shadow.check = None
+        fitted = (chosen.state if best == "non-adaptive"
+                  else CANDIDATES[best].refit(shadow, strategy, chosen.state))
+        self._fitted[ctx.mode] = fitted._replace(
+            model=calibrated(fitted.model, chosen.calibration), selection=selection)
+
+    def non_adaptive(self, ctx: EvalContext) -> Fitted:
+        """The non-adaptive mode's fitted model (fitted now where a resumed run skipped it)."""
+        if "non-adaptive" not in self._fitted:
+            self.fit(replace(ctx, mode="non-adaptive",
+                             shadow_defense=load_plugin("defense", "none")()))
+        return self._fitted["non-adaptive"]
+
+    def log_choice(self, ctx: EvalContext, shadow: Shadow, selection: dict[str, float],
+                   best: str, calibration: Calibration) -> None:
         left_out = "" if shadow.weight or self.model != "auto" else (
             f"; weight-space models left out: one shadow run's updates take "
             f"{self.weight_space_bytes(ctx) / 2**30:.1f} GiB > weight_space_gib="
             f"{self.weight_space_gib:g}")
-        ctx.reporter.log(f"{ctx.mode} attack model: {best} (held-out shadow UAR "
+        read = "" if calibration == IDENTITY else (
+            f", read with sign {calibration.sign:+d} and threshold {calibration.threshold:.3g}")
+        ctx.reporter.log(f"{ctx.mode} attack model: {best}{read} (held-out shadow UAR "
                          + ", ".join(f"{k} {v:.3f}" for k, v in selection.items()) + left_out
                          + ")")
-        state = chosen[best][1]
-        del chosen
-        if strategy.final_runs(shadow):  # only the statistics of the selection set are kept
-            shadow.data = shadow.check = None
-        fitted = CANDIDATES[best].refit(shadow, strategy, state)
-        self._fitted[ctx.mode] = fitted._replace(selection=selection)
 
     def evaluate_fold(self, ctx: EvalContext, fold: int, deployed: FLDeployment) -> FoldResult:
         table = ctx.target.table
@@ -261,7 +303,9 @@ class FLInferenceAttack(Attack):
                                       "y_true": genders, "y_pred": proba.argmax(1),
                                       "score": proba[:, 1], "client": owners}))
         extras = deployed.privacy | {
-            f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()}
+            f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()
+        } | {"clients per round (target)": deployed.per_round,
+             "clients per round (shadow)": self.shadow_config(ctx).per_round}
         return FoldResult(pd.concat(rows, ignore_index=True), extras, deployed.accounting)
 
 

@@ -4,13 +4,18 @@ is trained again on; a candidate protocol builds its training set, fits, scores 
 speakers and refits. Adding a candidate is one :class:`Candidate` in :data:`CANDIDATES`;
 adding a validation strategy is one :class:`Strategy` in :data:`STRATEGIES`.
 
-The order of the shadow runs is part of the protocol: each run reseeds torch's global RNG (the
-server's initialisation), from which the CNN candidate is initialised, so runs happen in the
-order below and a seed gives the same numbers as it always did.
+Every step seeds itself from the run seed (:mod:`serbench.seeds`): the shadow runs, and the CNN
+candidate's initialisation, which before drew from torch's global RNG as the last shadow run
+left it, so the runs had to happen in one order in one process.
+
+In the adaptive mode every candidate, and the non-adaptive mode's fitted model, is judged with
+its sign and threshold calibrated on the held-out shadow speakers
+(:mod:`attacks.update_calibration`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -19,21 +24,33 @@ import pandas as pd
 import torch
 from torch import nn
 
+from serbench.attacks.update_calibration import IDENTITY, Calibration, calibrate, \
+    grouped_margins, margins
 from serbench.attacks.update_inversion import InputSpaceModel
 from serbench.attacks.update_models import LinearUpdateModel, UpdateAttackModel
-from serbench.attacks.update_sets import INVERTED, Stats, TrainingSet, add_inverted, stacked, \
+from serbench.attacks.update_runs import RunSpec, ShadowRuns
+from serbench.attacks.update_sets import INVERTED, Stats, TrainingSet, normalise, stacked, \
     training_set, weight_space
 from serbench.context import Attack, EvalContext
-from serbench.deploy.federated import federate
 from serbench.errors import SerbenchError
 from serbench.fl.engine import UpdateLog
-from serbench.models.train import Validation, fit_classifier, predict_proba
+from serbench.models.train import Validation, fit_classifier
 from serbench.scoring import uar
-from serbench.seeds import shadow_run_seeds
+from serbench.seeds import stable_seed
+from serbench.workers import in_process, process_map
 
 #: The inversion candidate's grid, searched on held-out shadow speakers: (C, row scaling).
 INVERSION_GRID = tuple((c, scale) for scale in ("class", "update")
                        for c in (1e-3, 1e-2, 1e-1, 1.0))
+
+
+class Judged(NamedTuple):
+    """A candidate judged on held-out shadow speakers: its UAR there, the calibration it was
+    reached with, and what :meth:`Candidate.refit` needs."""
+
+    score: float
+    calibration: Calibration
+    state: Any
 
 
 class Fitted(NamedTuple):
@@ -73,29 +90,30 @@ class Shadow:
     data: TrainingSet | None = None
     stats: Stats | None = None
     check: TrainingSet | None = None
-    #: The selection runs' logs (``train``, and ``check`` for the held-out run).
+    #: The selection runs' logs (``train``, and ``check`` for the held-out run), and those of
+    #: the inversion's further runs (:meth:`Strategy.more_runs`).
     logs: dict[str, UpdateLog] = field(default_factory=dict)
-    #: The inversion's stacked selection set (its inputs and genders).
+    more: list[UpdateLog] = field(default_factory=list)
+    #: The inversion's stacked selection set (its inputs and genders), and its held-out rows
+    #: (inputs, genders, averaging-size groups).
     inverted_set: tuple[list[torch.Tensor], torch.Tensor] | None = None
+    inverted_held: tuple[list[torch.Tensor], np.ndarray, np.ndarray] | None = None
 
     @property
     def weight(self) -> bool:
         return any(name != "inversion" for name in self.tried)
 
-    def run(self, k: int, rows: np.ndarray, what: str, init_run: int | None = None) -> UpdateLog:
-        """Shadow FL run ``k`` on ``rows`` (initialised like run ``init_run``, default ``k``),
-        its first-layer updates inverted where the inversion is a candidate."""
+    def runs(self, specs: list[RunSpec]) -> list[UpdateLog]:
+        """The shadow FL runs ``specs``, in worker processes where there are several (the
+        progress bars only where this process runs them), their first-layer updates inverted
+        where the inversion is a candidate."""
         a, ctx = self.attack, self.ctx
-        run_seed, init_seed = shadow_run_seeds(ctx.seed, k)
-        if init_run is not None:
-            init_seed = shadow_run_seeds(ctx.seed, init_run)[1]
-        deployed = federate(a.recipe(ctx), ctx.shadow, rows, ctx.shadow_defense, seed=run_seed,
-                            init_seed=init_seed, engine=ctx.engine, reporter=ctx.reporter,
-                            probe_rounds=a.probe_rounds, partial=True,
-                            description=f"shadow {a.algorithm}{what} ({ctx.mode})")
-        if "inversion" in self.tried:  # from the raw first-layer updates, dropped once copied
-            add_inverted(deployed.run.log, deployed.observed)
-        return deployed.run.log
+        work = ShadowRuns(a.recipe(ctx, shadow=True), ctx.shadow, ctx.shadow_defense, ctx.seed,
+                          ctx.engine, a.probe_rounds, "inversion" in self.tried,
+                          f"shadow {a.algorithm}{{what}} ({ctx.mode})", ctx.reporter)
+        if not in_process(specs, ctx.workers):
+            work = work.quiet()
+        return list(process_map(work, specs, workers=ctx.workers))
 
     def weight_set(self, log: UpdateLog, stats: Stats | None = None
                    ) -> tuple[TrainingSet, Stats]:
@@ -106,6 +124,14 @@ class Shadow:
 
     def labels(self) -> torch.Tensor:
         return torch.as_tensor(self.data.genders)
+
+    def judge(self, margin: np.ndarray, truth: np.ndarray) -> tuple[float, Calibration]:
+        """A candidate's held-out UAR from its margins: with its sign and threshold calibrated
+        where the shadow runs under the defense the adaptive attacker simulates, as it is in
+        the non-adaptive mode (as in the papers)."""
+        if self.ctx.mode == "adaptive":
+            return calibrate(margin, truth)
+        return uar(truth, (margin > 0).astype(np.int64)), IDENTITY
 
 
 class Strategy:
@@ -135,13 +161,16 @@ class Strategy:
         """The shadow rows the selection runs train on: every row by default."""
         return np.arange(len(shadow.ctx.shadow.table))
 
-    def training_parts(self, shadow: Shadow) -> list[TrainingSet]:
-        """The inverted sets of the training run and of the inversion's further runs (other
-        initialisations and samplings) on :meth:`train_rows`."""
+    def more_runs(self, shadow: Shadow) -> list[RunSpec]:
+        """The inversion's further runs on :meth:`train_rows` (other initialisations and
+        samplings), run with the selection runs; none without the inversion."""
         rows = self.train_rows(shadow)
-        return [shadow.inverted(shadow.logs["train"])] + [
-            shadow.inverted(shadow.run(k, rows, f" run {k + 1}"))
-            for k in range(1, shadow.attack.shadow_runs)]
+        return [RunSpec(k, rows, f" run {k + 1}", raw=False)
+                for k in range(1, shadow.attack.shadow_runs) if "inversion" in shadow.tried]
+
+    def training_parts(self, shadow: Shadow) -> list[TrainingSet]:
+        """The inverted sets of the training run and of :meth:`more_runs`."""
+        return [shadow.inverted(log) for log in (shadow.logs["train"], *shadow.more)]
 
     def final_runs(self, shadow: Shadow) -> bool:
         """Whether the chosen model is trained again on runs of every shadow speaker."""
@@ -170,14 +199,15 @@ class HeldOutRun(Strategy):
         return np.flatnonzero(~self._in_held(shadow))
 
     def select(self, shadow: Shadow) -> None:
-        shadow.logs["train"] = shadow.run(0, self.train_rows(shadow), " selection run")
-        if shadow.weight:  # standardised (and the raw layers dropped) before the next run
-            shadow.data, shadow.stats = shadow.weight_set(shadow.logs["train"])
-        shadow.logs["check"] = shadow.run(shadow.attack.shadow_runs,
-                                          np.flatnonzero(self._in_held(shadow)),
-                                          " validation run", init_run=0)
-        if shadow.weight:
-            shadow.check = shadow.weight_set(shadow.logs["check"], shadow.stats)[0]
+        held = np.flatnonzero(self._in_held(shadow))
+        train, check, *shadow.more = shadow.runs([
+            RunSpec(0, self.train_rows(shadow), " selection run", raw=shadow.weight),
+            RunSpec(shadow.attack.shadow_runs, held, " validation run", init_run=0,
+                    raw=shadow.weight), *self.more_runs(shadow)])
+        shadow.logs.update(train=train, check=check)
+        if shadow.weight:  # standardised, and the raw layers dropped
+            shadow.data, shadow.stats = shadow.weight_set(train)
+            shadow.check = shadow.weight_set(check, shadow.stats)[0]
         _check_genders(shadow.attack, shadow.logs["train"].genders, "training")
         _check_genders(shadow.attack, shadow.logs["check"].genders, "held-out")
 
@@ -204,7 +234,8 @@ class SameRun(Strategy):
     name = "same-run"
 
     def select(self, shadow: Shadow) -> None:
-        log = shadow.run(0, self.train_rows(shadow), "")
+        log, *shadow.more = shadow.runs([RunSpec(0, self.train_rows(shadow), "",
+                                                 raw=shadow.weight), *self.more_runs(shadow)])
         shadow.logs["train"] = log
         if shadow.weight:
             shadow.data, shadow.stats = shadow.weight_set(log)
@@ -230,22 +261,37 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (HeldOutRun(), SameRun())}
 
 
 class Candidate:
-    """An attack model: :meth:`select` fits it for selection and returns its held-out shadow
-    UAR with what :meth:`refit` needs to give the fitted model for the target."""
+    """An attack model: :meth:`select` fits it for selection and judges it on the held-out
+    shadow speakers, with what :meth:`refit` needs to give the fitted model for the target."""
 
     name: ClassVar[str]
-    #: Scored with the others after the inversion's grid (the order of the record).
+    #: Recorded after the inversion (the order of the record).
     scored_last: ClassVar[bool] = True
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[float | None, Any]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         raise NotImplementedError
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         raise NotImplementedError
 
 
-def held_out_uar(model: nn.Module, held: tuple[list[torch.Tensor], torch.Tensor]) -> float:
-    return uar(held[1].numpy(), predict_proba(model, model.prepare(*held[0])).argmax(1).numpy())
+def judge_weight_space(shadow: Shadow, strategy: Strategy, model: nn.Module) -> Judged:
+    """A weight-space candidate judged on the held-out speakers' standardised updates."""
+    inputs, truth = strategy.held_out(shadow)
+    return Judged(*shadow.judge(margins(model, model.prepare(*inputs)), truth.numpy()), model)
+
+
+def judge_fitted(shadow: Shadow, strategy: Strategy, fitted: Fitted) -> Judged:
+    """Another mode's fitted model (the non-adaptive one) judged on this mode's held-out
+    speakers, read as it reads the target: inverted updates standardised per averaging size,
+    or the updates standardised with its own shadow's statistics."""
+    if fitted.names == INVERTED:
+        inputs, truth, groups = shadow.inverted_held
+        return Judged(*shadow.judge(grouped_margins(fitted.model, inputs, groups), truth), fitted)
+    inputs, truth = strategy.held_out(shadow)
+    raw = [t * std + mean for t, (mean, std) in zip(inputs, shadow.stats)]
+    prepared = fitted.model.prepare(*normalise(raw, fitted.stats))
+    return Judged(*shadow.judge(margins(fitted.model, prepared), truth.numpy()), fitted)
 
 
 class Linear(Candidate):
@@ -253,16 +299,17 @@ class Linear(Candidate):
 
     name = "linear"
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[None, nn.Module]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         rows = strategy.fit_rows(shadow)
-        return None, LinearUpdateModel().fit([shadow.data.flat[rows]], shadow.labels()[rows])
+        model = LinearUpdateModel().fit([shadow.data.flat[rows]], shadow.labels()[rows])
+        return judge_weight_space(shadow, strategy, model)
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         """Cheap to refit: on every shadow speaker (of a run of them all, for ``run``)."""
         if strategy.final_runs(shadow):
             everyone = np.arange(len(shadow.ctx.shadow.table))
             shadow.data, shadow.stats = shadow.weight_set(
-                shadow.run(0, everyone, " (all speakers)"))
+                shadow.runs([RunSpec(0, everyone, " (all speakers)")])[0])
         model = LinearUpdateModel().fit([shadow.data.flat], shadow.labels())
         return Fitted(shadow.stats, model, {}, shadow.attack.recorded)
 
@@ -272,9 +319,11 @@ class CNN(Candidate):
 
     name = "cnn"
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[None, nn.Module]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         a, ctx = shadow.attack, shadow.ctx
-        model = UpdateAttackModel(shadow.data.inputs[1].shape[1], a.input_pool)
+        with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before it
+            torch.manual_seed(stable_seed(ctx.seed, ctx.mode, "attack cnn"))
+            model = UpdateAttackModel(shadow.data.inputs[1].shape[1], a.input_pool)
         rows = strategy.fit_rows(shadow)
         held_x, held_y = strategy.held_out(shadow)
         # prepare() pools each update on its own: pooling a subset is the subset of the pooled
@@ -284,7 +333,7 @@ class CNN(Candidate):
             model = fit_classifier(model, fit_x, shadow.labels()[rows],
                                    val=Validation(val_x, held_y, patience=3), epochs=a.epochs,
                                    lr=1e-3, weight_decay=1e-4, seed=ctx.seed, advance=adv)
-        return None, model
+        return judge_weight_space(shadow, strategy, model)
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         return Fitted(shadow.stats, chosen, {}, shadow.attack.recorded)
@@ -297,28 +346,26 @@ class Inversion(Candidate):
     name = "inversion"
     scored_last = False
 
-    def select(self, shadow: Shadow, strategy: Strategy) -> tuple[float, tuple[float, str]]:
+    def select(self, shadow: Shadow, strategy: Strategy) -> Judged:
         parts, held = strategy.inverted_parts(shadow)
         inputs, labels = stacked(parts)
-        grid, score = inversion_grid(inputs, labels, torch.as_tensor(held),
-                                     np.concatenate([p.groups for p in parts]))
+        groups = np.concatenate([p.groups for p in parts])
+        grid, judged = inversion_grid(inputs, labels, torch.as_tensor(held), groups,
+                                      shadow.judge)
         shadow.inverted_set = (inputs, labels)
+        shadow.inverted_held = ([t[held] for t in inputs], labels[held].numpy(), groups[held])
         shadow.ctx.reporter.log(f"{shadow.ctx.mode} inversion candidate: C={grid[0]:g}, "
                                 f"rows scaled per {grid[1]}")
-        return score, grid
+        return Judged(*judged, grid)
 
     def refit(self, shadow: Shadow, strategy: Strategy, chosen: Any) -> Fitted:
         """On the selection runs (``same-run``), or on runs of every shadow speaker (``run``:
         not the validation run, whose few clients take part unusually often)."""
         if strategy.final_runs(shadow):
             everyone = np.arange(len(shadow.ctx.shadow.table))
-            parts = []
-            for k in range(shadow.attack.shadow_runs):
-                log = shadow.run(k, everyone, f" run {k + 1} (all speakers)")
-                for name in shadow.attack.recorded:  # only its inverted updates are needed
-                    log.layers.pop(name, None)
-                parts.append(shadow.inverted(log))
-            inputs, labels = stacked(parts)
+            logs = shadow.runs([RunSpec(k, everyone, f" run {k + 1} (all speakers)", raw=False)
+                                for k in range(shadow.attack.shadow_runs)])
+            inputs, labels = stacked([shadow.inverted(log) for log in logs])
         else:
             inputs, labels = shadow.inverted_set
         return Fitted(None, InputSpaceModel(*chosen).fit(inputs, labels), {}, INVERTED)
@@ -328,21 +375,17 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in (Linear(), CNN(), Inversi
 
 
 def inversion_grid(inputs: list[torch.Tensor], labels: torch.Tensor, val: torch.Tensor,
-                   groups: np.ndarray) -> tuple[tuple[float, str], float]:
+                   groups: np.ndarray, judge: Callable[[np.ndarray, np.ndarray], Any]
+                   ) -> tuple[tuple[float, str], tuple[float, Calibration]]:
     """The inversion candidate's setting: :data:`INVERSION_GRID` searched on held-out shadow
     speakers (each averaging size standardised with its own statistics, as the target's
-    will be), with its held-out UAR."""
+    will be), with its held-out UAR and calibration (``judge``: :meth:`Shadow.judge`)."""
     train = ([t[~val] for t in inputs], labels[~val])
     held = [t[val] for t in inputs]
     held_groups, truth = groups[val.numpy()], labels[val].numpy()
-    scores = {}
+    judged = {}
     for c, scale in INVERSION_GRID:
         model = InputSpaceModel(c, scale).fit(*train)
-        pred = np.empty(len(truth), dtype=np.int64)
-        for g in np.unique(held_groups):
-            rows = torch.as_tensor(np.flatnonzero(held_groups == g))
-            part = [t[rows] for t in held]
-            pred[rows.numpy()] = model.adapt(part)(*part).argmax(1).numpy()
-        scores[c, scale] = uar(truth, pred)
-    best = max(scores, key=scores.get)
-    return best, scores[best]
+        judged[c, scale] = judge(grouped_margins(model, held, held_groups), truth)
+    best = max(judged, key=lambda grid: judged[grid][0])
+    return best, judged[best]

@@ -76,6 +76,9 @@ def eval_cmd(
              "undefended baseline, with a utility-vs-leakage table and plot.")] = None,
     attack_param: Annotated[Optional[list[str]], typer.Option(
         help="Attack parameter KEY=VALUE, e.g. rounds=100 (repeatable).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Worker processes for the run's independent work (FL simulations, folds); 0: "
+             "one per usable CPU. No number depends on it.  \\[default: 0]")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Run directory (default runs/<time>-<attack>-<defense>-<dataset>); an existing "
              "one with the same configuration is resumed.")] = None,

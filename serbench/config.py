@@ -25,7 +25,8 @@ from serbench.protocol import DISJOINT
 
 @dataclass
 class EvalConfig:
-    """Everything that determines an evaluation's numbers."""
+    """Everything that determines an evaluation's numbers, and how many worker processes
+    compute it (:data:`NOT_RESOLVED`: no number depends on it)."""
 
     attack: str
     defense: str = "none"
@@ -40,6 +41,8 @@ class EvalConfig:
     engine: str = "inprocess"
     attack_params: dict[str, Any] = field(default_factory=dict)
     defense_params: dict[str, Any] = field(default_factory=dict)
+    #: Worker processes for a run's independent work (0: one per usable CPU).
+    workers: int = 0
 
 
 def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
@@ -56,6 +59,8 @@ def eval_config(options: Mapping[str, Any]) -> tuple[EvalConfig, Path | None]:
              and options.get(k) is not None}
     cfg = EvalConfig(attack=options["attack"], folds=parse_folds(options.get("folds", "all")),
                      attack_params=attack_params, **given)
+    if cfg.workers < 0:
+        raise SerbenchError(f"--workers {cfg.workers}: give 0 (one per CPU) or more")
     out = options.get("out")
     return cfg, Path(out) if out is not None else None
 
@@ -70,16 +75,21 @@ RUN_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 TABLES = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.default_factory is dict)
 LISTS = (*(f.name for f in dataclasses.fields(EvalConfig) if f.default_factory is list),
          "analysis")
-SCALARS = (*(k for k in RUN_KEYS if k not in (*TABLES, *LISTS, "seed")), "layer", "out")
-KEYS = (*SCALARS, "seed", *LISTS, *TABLES)
+INTEGERS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.type == "int")
+SCALARS = (*(k for k in RUN_KEYS if k not in (*TABLES, *LISTS, *INTEGERS)), "layer", "out")
+KEYS = (*SCALARS, *INTEGERS, *LISTS, *TABLES)
+#: Keys that change how a run computes, never what: left out of its resolved configuration
+#: (config.json, which a resumed run must match), recorded in environment.json.
+NOT_RESOLVED = ("workers",)
 RUN_HEADER = ("# serbench eval --config THIS_FILE re-runs this run (into a new directory unless\n"
               "# --out is given); options given on the command line override the file.\n")
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """The options in the TOML file ``path``, as the command line gives them: scalars as
-    strings (``seed`` an int), ``shadow_root`` and ``analysis`` lists of strings, and the
-    parameter tables ``{key: "value"}``. Unknown keys and wrong types are one-line errors."""
+    strings (:data:`INTEGERS` ints), ``shadow_root`` and ``analysis`` lists of strings, and
+    the parameter tables ``{key: "value"}``. Unknown keys and wrong types are one-line
+    errors."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as exc:
@@ -91,7 +101,7 @@ def read_config(path: Path) -> dict[str, Any]:
         where = f"{path}: {key!r}"
         if key not in KEYS:
             raise SerbenchError(f"{path}: unknown key {key!r}; valid keys: {', '.join(KEYS)}")
-        if key == "seed":
+        if key in INTEGERS:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SerbenchError(f"{where} must be an integer, not {value!r}")
             out[key] = value

@@ -5,7 +5,7 @@ deployment stage, which knows nothing of attacks."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from serbench.corpora.data import CorpusData
@@ -35,6 +35,14 @@ class EvalContext:
     reporter: Reporter = field(default_factory=NullReporter)
     #: FL engine name (see :data:`serbench.fl.ENGINES`) for attacks on the UPDATE surface.
     engine: str = "inprocess"
+    #: Worker processes for independent work (:func:`serbench.workers.process_map`; 0: one
+    #: per usable CPU). Every piece seeds itself, so no number depends on it.
+    workers: int = 0
+
+    def quiet(self) -> EvalContext:
+        """This context reporting nothing: picklable, for a worker process."""
+        return replace(self, target=self.target.quiet(),
+                       shadow=self.shadow and self.shadow.quiet(), reporter=NullReporter())
 
 
 @dataclass
@@ -58,6 +66,9 @@ class Attack(Plugin, ABC):
     #: attacks' shadow clients do). If not, a defense that only trains the deployed models
     #: leaves the adaptive attacker what the non-adaptive one has (:func:`attack_modes`).
     shadow_trains_with_defense: ClassVar[bool] = False
+    #: Whether the runner may attack folds in worker processes: the attack (fitted) and its
+    #: :meth:`evaluate_fold` pickle, and start no worker processes of their own.
+    parallel_folds: ClassVar[bool] = False
 
     @abstractmethod
     def recipe(self, ctx: EvalContext) -> Recipe:

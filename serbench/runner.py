@@ -4,17 +4,17 @@ modes where they differ (SPEC §5), written to a run directory."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 
-from serbench.config import EvalConfig, eval_config, write_run_config
+from serbench.config import NOT_RESOLVED, EvalConfig, eval_config, write_run_config
 from serbench.context import Attack, EvalContext
-from serbench.deploy import deploy
+from serbench.deploy import Recipe, deploy
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
 from serbench.fl import get_engine
@@ -29,6 +29,7 @@ from serbench.results import FoldResult, ModeResult, RunDir, RunResult, environm
 from serbench.scoring import measure_name, pooled, spread
 from serbench.testing import contract_problems
 from serbench.threads import fixed_threads
+from serbench.workers import cpu_count, in_process, process_map
 
 
 def attack_modes(attack: Attack, defense: Defense) -> list[str]:
@@ -86,7 +87,7 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
         shadow = load_shadow(cfg.shadow.split(","), cfg.shadow_root, cfg.dataset, reporter)
         shadow.features(features)
     folds = [f for f in folds if f in set(target.table["fold"])]  # folds left to the target
-    resolved = asdict(cfg) | {
+    resolved = {k: v for k, v in asdict(cfg).items() if k not in NOT_RESOLVED} | {
         "features": features, "folds": folds,
         "attack_params": attack.params(), "defense_params": defense.params(),
         "target_speakers": sorted(target.table["speaker"].unique()),
@@ -98,42 +99,71 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
         resolved["gender_permutation"] = permuted
     run_dir = RunDir(out or default_out(cfg), resolved)
     write_run_config(run_dir.path / "config.toml", resolved)  # `eval --config` re-runs it
-    env = environment()
+    env = environment() | {"workers": cfg.workers or cpu_count()}
     modes = attack_modes(attack, defense)
     none = load_plugin("defense", "none")()
     # Defenses are public (Kerckhoffs): the adaptive attacker simulates a clone of the deployed
     # defense (same parameters, its own state), as scikit-learn's clone would give it.
     contexts = {mode: EvalContext(target, shadow, defense,
                                   dataclasses.replace(defense) if mode == "adaptive" else none,
-                                  features, cfg.seed, mode, reporter, cfg.engine)
+                                  features, cfg.seed, mode, reporter, cfg.engine, cfg.workers)
                 for mode in modes}
     done = {mode: {f: run_dir.load_fold(mode, f) for f in folds} for mode in modes}
     for mode, ctx in contexts.items():
         if any(r is None for r in done[mode].values()):
             reporter.stage("attacker's training", mode=mode, folds=folds)
             attack.fit(ctx)
-    # Fold by fold: the deployment stage builds the target with the deployed defense once, and
-    # every attack mode attacks that same deployment.
-    recipe = attack.recipe(contexts[modes[0]])
-    for fold in folds:
-        todo = [mode for mode in modes if done[mode][fold] is None]
-        reporter.stage("target's training", fold=fold, folds=folds)
-        deployed = deploy(recipe, target, fold, defense, seed=cfg.seed, engine=cfg.engine,
-                          reporter=reporter) if todo else None
-        for mode in todo:
-            reporter.stage("attack", mode=mode, fold=fold, folds=folds)
-            done[mode][fold] = attack.evaluate_fold(contexts[mode], fold, deployed)
-            if (rows := done[mode][fold].analyses) is not None:  # before the fold counts done
+    todo = {fold: left for fold in folds if (left := [m for m in modes if done[m][fold] is None])}
+    job = FoldJob(attack, contexts, attack.recipe(contexts[modes[0]]), folds)
+    for fold, results in zip(todo, job.map(todo, cfg.workers)):
+        for mode, fold_result in results.items():
+            done[mode][fold] = fold_result
+            if (rows := fold_result.analyses) is not None:  # before the fold counts done
                 from serbench.analyses import write_analyses  # matplotlib: only when needed
 
                 write_analyses(run_dir.path / "analyses" / mode, fold, rows,
                                attack.analysis_views(), cfg.seed)
-            run_dir.save_fold(mode, fold, done[mode][fold])
+            run_dir.save_fold(mode, fold, fold_result)
             reporter.log(f"{mode} fold {fold} done")
-        del deployed  # the fold's target and its updates need not outlive it
     result = _result(run_dir.path, resolved, attack, done)
     _write_outputs(result, env)
     return result
+
+
+@dataclass
+class FoldJob:
+    """One fold's deployment attacked in every mode still to do: the deployment stage builds
+    the target with the deployed defense once, and every attack mode attacks that same
+    deployment. Picklable where the attack allows it (:attr:`Attack.parallel_folds`), so
+    worker processes attack folds at once, each on the run's thread policy."""
+
+    attack: Attack
+    contexts: dict[str, EvalContext]
+    recipe: Recipe
+    folds: list[int]  #: every fold of the run (for progress)
+
+    def __call__(self, item: tuple[int, list[str]]) -> dict[str, FoldResult]:
+        fold, modes = item
+        ctx = self.contexts[modes[0]]
+        ctx.reporter.stage("target's training", fold=fold, folds=self.folds)
+        with fixed_threads():
+            deployed = deploy(self.recipe, ctx.target, fold, ctx.defense, seed=ctx.seed,
+                              engine=ctx.engine, reporter=ctx.reporter)
+            out = {}
+            for mode in modes:
+                ctx.reporter.stage("attack", mode=mode, fold=fold, folds=self.folds)
+                out[mode] = self.attack.evaluate_fold(self.contexts[mode], fold, deployed)
+        return out
+
+    def map(self, todo: dict[int, list[str]], workers: int) -> Iterator[dict[str, FoldResult]]:
+        """Each fold's results, in order: in worker processes (quiet) where the attack allows
+        and there are several, else here, with progress."""
+        items = list(todo.items())
+        if not self.attack.parallel_folds:
+            return map(self, items)
+        job = self if in_process(items, workers) else replace(
+            self, contexts={mode: ctx.quiet() for mode, ctx in self.contexts.items()})
+        return process_map(job, items, workers=workers)
 
 
 def _result(path: Path, config: dict[str, Any], attack: Attack,

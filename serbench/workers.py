@@ -1,5 +1,6 @@
 """One worker-process pool policy for every parallel step of a run: feature extraction, the
-synthetic corpus's audio, the intercept attack's attacker fits.
+synthetic corpus's audio, the intercept attack's attacker fits, the FL attacker's shadow
+simulations and the target's folds (``--workers``).
 
 Workers start from a forkserver: plain ``fork`` deadlocked once torch had started its thread
 pools (seen in CI), and the forkserver is forked before any of that. A ``__main__`` module is
@@ -21,6 +22,10 @@ from typing import TypeVar
 
 from serbench.faults import interrupts_deferred
 
+#: Imported once by the forkserver, so that each worker it forks starts with them instead of
+#: importing them again (seconds per worker; a run starts a pool per parallel step).
+PRELOAD = ["torch", "pandas", "sklearn.linear_model", "serbench.runner"]
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -30,6 +35,13 @@ def cpu_count() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def in_process(items: Sequence[object], workers: int = 0) -> bool:
+    """Whether :func:`process_map` computes ``items`` in this process: a single item or
+    worker, or no forkserver on this OS."""
+    return (min(workers or cpu_count(), len(items)) < 2
+            or "forkserver" not in mp.get_all_start_methods())
 
 
 def process_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 0,
@@ -43,11 +55,12 @@ def process_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 0,
     that stops iterating) terminates them at once, without waiting for their current items;
     a terminated worker first unwinds its item, so an atomic write it had begun removes its
     temporary file (:mod:`serbench.io`)."""
-    workers = min(workers or cpu_count(), len(items))
-    if workers < 2 or "forkserver" not in mp.get_all_start_methods():
+    if in_process(items, workers):
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver"),
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # once the forkserver runs, this changes nothing
+    with ProcessPoolExecutor(min(workers or cpu_count(), len(items)), mp_context=context,
                              initializer=_worker_started) as pool:
         try:
             # map() submits every item, so starts every worker (and the forkserver, the first

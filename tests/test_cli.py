@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,19 @@ def test_list_a_plugin_shows_its_parameters_defaults_and_meaning() -> None:
     assert "shadow_probe_every 8" in text and "weight_space_gib 1.5" in text
     assert "held-out shadow speakers" in text  # the parameter's own documentation
     assert_one_line_error(serbench("list", "fedavgg"), "fedavgg", "fedavg")
+
+
+def test_one_and_two_workers_give_the_same_bytes(tmp_path: Path) -> None:
+    """``--workers`` changes how a run computes, never what: the FL attacker's shadow runs and
+    the target's folds in two worker processes give the predictions and metrics of one, in
+    both attack modes (issue 23)."""
+    args = ["eval", "--attack", "fedavg", "--defense", "noise", "--folds", "2,3",
+            *(f"--attack-param={p}" for p in ("rounds=6", "averaging=1,all", "shadow_runs=2",
+                                              "shadow_probe_every=3"))]
+    for workers in ("1", "2"):
+        proc = serbench(*args, "--workers", workers, "--out", str(tmp_path / workers))
+        assert proc.returncode == 0, proc.stderr
+    for name in ("predictions.csv", "metrics.csv", "config.json"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    assert "adaptive" in (tmp_path / "1" / "metrics.csv").read_text()
+    assert json.loads((tmp_path / "2" / "environment.json").read_text())["workers"] == 2

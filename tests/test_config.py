@@ -58,6 +58,16 @@ adaptive = true
     assert cfg.shadow_root == ["/data/a"]
 
 
+def test_workers_is_a_key_of_its_own_that_no_number_depends_on(tmp_path: Path) -> None:
+    """``workers`` arrives as an int from a file (like ``seed``), and is left out of the
+    resolved configuration a resumed run must match (it is recorded in environment.json)."""
+    from serbench.config import NOT_RESOLVED
+
+    cfg, _ = eval_config(read_config(write(tmp_path, 'attack = "fedavg"\nworkers = 2\n')))
+    assert cfg.workers == 2 and NOT_RESOLVED == ("workers",)
+    assert "workers" not in run_config_text({"attack": "fedavg", "seed": 0})
+
+
 def test_a_map_table_becomes_old_new_pairs(tmp_path: Path) -> None:
     options = read_config(write(tmp_path, 'attack = "fedavg"\n[dataset_options]\n'
                                           'map = { fear = "fearful", boredom = "neutral" }\n'
@@ -77,6 +87,8 @@ def test_the_command_line_overrides_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text, fragment", [
     ('attack = "fedavg"\nrounds = 5\n', "unknown key 'rounds'"),
     ('attack = "fedavg"\nseed = "one"\n', "'seed' must be an integer"),
+    ('attack = "fedavg"\nworkers = "2"\n', "'workers' must be an integer"),
+    ('attack = "fedavg"\nworkers = -1\n', "--workers -1"),
     ('attack = "fedavg"\nattack_params = 5\n', "'attack_params' must be a table"),
     ('attack = 5\n', "'attack' must be a string"),
     ('attack = "fedavg\n', "not valid TOML"),

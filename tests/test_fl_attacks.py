@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from serbench.attacks import update_selection
+from serbench.attacks import update_runs, update_selection
 from serbench.attacks.fl_inference import FedAvgAttack
 from serbench.attacks.update_models import LinearUpdateModel
 from serbench.attacks.update_sets import INVERTED, training_set
@@ -32,12 +32,16 @@ def single_update_leakage(result) -> float:
 def test_null_corpus_leaks_nothing(attack: str, tmp_path) -> None:
     """SPEC §8: where gender has no acoustic cue, leakage is chance; a leak would be a bug.
 
-    Single-update leakage pooled over all folds (~900 updates); the n=all average rests on a
-    handful of clients per fold and is too noisy for a ±0.05 band.
+    Single-update leakage pooled over all folds (~900 updates of 20 speakers): no more than
+    0.05 above chance, and its speaker-bootstrap CI covers chance. Below chance is no leak: the
+    updates cluster by speaker, so 20 speakers' CI is about ±0.17 wide, and FedSGD gave 0.442
+    (CI 0.27–0.62) once the shadow runs aggregated the target's 2 clients per round instead
+    of 1 (issue 28); the n=all average rests on a handful of clients per fold.
     """
     cfg = EvalConfig(attack=attack, dataset_options={"null": True}, attack_params=FAST)
     result = run_eval(cfg, tmp_path / "run")
-    assert abs(single_update_leakage(result) - 0.5) <= 0.05
+    single = result.modes[0].pooled.query("task == 'gender' and group == 'n=1'").iloc[0]
+    assert single["uar"] <= 0.55 and single["ci_low"] <= 0.5 <= single["ci_high"]
     assert result.modes[0].summary["emotion.uar"]["mean"] > 0.5  # the target still learns
     worst = result.worst()  # the headline's CI, widened for the choice, covers chance
     assert worst.ci_low <= 0.5 <= worst.ci_high
@@ -97,7 +101,7 @@ def test_auto_considers_the_inversion_on_the_first_layer_only(layer: str, tmp_pa
         "rounds": 12, "averaging": "1,all", "epochs": 2, "layer": layer})
     extras = run_eval(cfg, tmp_path / "run").modes[0].folds[1].extras
     candidates = {k.split("(")[1].rstrip(")") for k in extras if k.startswith("shadow held-out")}
-    weight_space = {"linear", "cnn"}
+    weight_space = {"linear"}  # the CNN is tried only when named (docs/performance.md)
     assert candidates == (weight_space | {"inversion"} if layer == "first" else weight_space)
 
 
@@ -113,15 +117,16 @@ def test_a_training_set_that_would_not_fit_fails_early_with_one_line(
     """The attack's own working set is checked like the update log: the size and the options
     that reduce it, in one line, before it is allocated (not an OOM kill)."""
     # 10 rounds, probing rounds 0 and 8, the 14 shadow speakers not held out (20 less a third
-    # of each gender): 2 x 14 + 8 x 1 = 36 shadow updates of 1.01 MB (the log fits in 60 MB);
-    # with their 14 per-client averages, 50 rows twice do not.
+    # of each gender), 2 sampled per round as in the target's runs: 2 x 14 + 8 x 2 = 44 shadow
+    # updates of 1.01 MB (the log fits in 60 MB); with their 14 per-client averages, 58 rows
+    # twice do not.
     monkeypatch.setattr(engine, "available_memory", lambda: engine.MEMORY_MARGIN + 60 * 2**20)
     cfg = EvalConfig(attack="fedavg", folds=[1],
                      attack_params={"rounds": 10, "averaging": "1,all", "model": "linear"})
     with pytest.raises(SerbenchError) as failure:
         run_eval(cfg, tmp_path / "run")
     message = str(failure.value)
-    assert "\n" not in message and "the attack's training set (50 rows" in message
+    assert "\n" not in message and "the attack's training set (58 rows" in message
     assert "shadow_probe_every=16" in message
 
 
@@ -164,7 +169,7 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
     chosen one is trained again on runs of every shadow speaker; with ``validation=same-run``
     (entries made before the choice existed) they share the training run."""
     calls, tables = [], []
-    real = update_selection.federate
+    real = update_runs.federate
 
     def federate(recipe, data, rows, defense, **kw):
         if "shadow" in kw["description"]:
@@ -173,9 +178,9 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
             tables.append(data.table)
         return real(recipe, data, rows, defense, **kw)
 
-    monkeypatch.setattr(update_selection, "federate", federate)
+    monkeypatch.setattr(update_runs, "federate", federate)
     params = {"rounds": 8, "averaging": "1", "epochs": 1, "shadow_runs": 2}
-    run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5, attack_params=params),
+    run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5, attack_params=params, workers=1),
              tmp_path / "a")
     shadow = set(json.loads((tmp_path / "a" / "config.json").read_text())["shadow_speakers"])
     (first, trained, server), (last, held, init), *rest = calls
@@ -189,7 +194,7 @@ def test_models_are_chosen_on_held_out_speakers_in_a_run_of_their_own(
     assert all(c[1] == shadow and "all speakers" in c[0] for c in final)
     assert [c[2] == 5 for c in final] in ([], [True], [True, False])
     calls.clear()
-    run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5,
+    run_eval(EvalConfig(attack="fedsgd", folds=[1], seed=5, workers=1,
                         attack_params=params | {"validation": "same-run"}), tmp_path / "b")
     assert [c[1] for c in calls] == [shadow, shadow]
 
@@ -222,19 +227,19 @@ def test_weight_space_models_are_left_out_where_their_updates_would_not_fit(
     one shadow run's first-layer updates exceed ``weight_space_gib``; the inversion alone then
     stores each update inverted as it arrives, so no log holds a raw first-layer update."""
     logs = []
-    real = update_selection.federate
+    real = update_runs.federate
 
     def federate(recipe, data, rows, defense, **kw):
         deployed = real(recipe, data, rows, defense, **kw)
         logs.append(set(deployed.run.log.layers))
         return deployed
 
-    monkeypatch.setattr(update_selection, "federate", federate)
+    monkeypatch.setattr(update_runs, "federate", federate)
     # 8 rounds probed every 8th: 20 shadow speakers + 7 x 2 sampled = 34 updates of 1.01 MB
     params = {"rounds": 8, "averaging": "1,all", "epochs": 1, "shadow_runs": 2}
     small = {"weight_space_gib": 0.03}
-    result = run_eval(EvalConfig(attack="fedavg", folds=[1], attack_params=params | small),
-                      tmp_path / "run")
+    result = run_eval(EvalConfig(attack="fedavg", folds=[1], attack_params=params | small,
+                                 workers=1), tmp_path / "run")
     extras = result.modes[0].folds[1].extras
     assert [k for k in extras if k.startswith("shadow held-out")] == [
         "shadow held-out UAR (inversion)"]
@@ -243,7 +248,8 @@ def test_weight_space_models_are_left_out_where_their_updates_would_not_fit(
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["attack_params"]["weight_space_gib"] == 0.03
     logs.clear()  # the default keeps them on the default corpus
-    run_eval(EvalConfig(attack="fedavg", folds=[1], attack_params=params), tmp_path / "all")
+    run_eval(EvalConfig(attack="fedavg", folds=[1], attack_params=params, workers=1),
+             tmp_path / "all")
     assert any("first.weight" in layers for layers in logs)
 
 

@@ -36,3 +36,21 @@ def test_permuted_gender_leaks_nothing(attack: str, ravdess_root: Path, tmp_path
         assert row.ci_low <= 0.5, (row.group, row.uar, row.ci_low, row.ci_high)
     worst = result.worst()
     assert worst.ci_low <= 0.5 <= worst.ci_high, worst
+
+
+@pytest.mark.slow  # two attack modes of RAVDESS FL runs: 3 minutes of CI's 15
+def test_calibrated_adaptive_attacker_leaks_nothing_on_permuted_gender(
+        ravdess_root: Path, tmp_path: Path) -> None:
+    """The adaptive FL attacker calibrates each candidate's sign and threshold on held-out
+    shadow speakers under the defense (issue 28): on the real-audio null that must not make
+    a leak in either mode."""
+    cfg = EvalConfig(attack="fedsgd", defense="udp", dataset="ravdess",
+                     data_root=str(ravdess_root), dataset_options={"permute_gender": True},
+                     attack_params=CASES["fedsgd"])
+    result = run_eval(cfg, tmp_path / "run")
+    assert [m.mode for m in result.modes] == ["non-adaptive", "adaptive"]
+    for mode in result.modes:
+        for row in mode.pooled.query("task == 'gender'").itertuples():
+            assert row.ci_low <= 0.5, (mode.mode, row.group, row.uar, row.ci_low, row.ci_high)
+    worst = result.worst()
+    assert worst.ci_low <= 0.5 <= worst.ci_high, worst

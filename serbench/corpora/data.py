@@ -3,7 +3,7 @@ once and cached."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,11 @@ class CorpusData:
                 values = zscore_per_speaker(np.stack(values), self.table["speaker"].to_numpy())
             self._features[name] = values
         return self._features[name]
+
+    def quiet(self) -> CorpusData:
+        """This corpus reporting nothing, its features shared: picklable, for a worker
+        process."""
+        return replace(self, reporter=NullReporter())
 
     def subset(self, mask: np.ndarray, name: str) -> CorpusData:
         """The rows ``mask`` selects, with the features extracted so far: features are

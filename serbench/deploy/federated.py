@@ -68,6 +68,8 @@ class FLDeployment:
     views: dict[Any, Any] = field(default_factory=dict)
     #: round -> ``recipe.observe`` of that round's global model (empty without ``observe``).
     observed: dict[int, Any] = field(default_factory=dict)
+    #: Clients aggregated in each round.
+    per_round: int = 0
 
 
 def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defense, *,
@@ -118,4 +120,4 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
             reporter.log(f"{description}: {diverged}; its {len(run.log)} updates until then "
                          f"are used")
     return FLDeployment(run, accounted, dict(guarantee.numbers), guarantee.accounting(),
-                        observed=observed)
+                        observed=observed, per_round=per_round)

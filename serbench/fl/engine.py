@@ -7,6 +7,7 @@ so any engine (this loop, a Flower ClientApp) produces bit-identical client upda
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,9 +42,13 @@ class FLConfig:
     server_lr: float = 0.05  # FedSGD
     dropout: float = 0.2
     n_classes: int = 4
+    #: Clients aggregated per round; 0: ``client_fraction`` of them. An attacker's shadow run
+    #: sets the target's count, so that its rounds average as many updates as those it imitates.
+    per_round: int = 0
 
     def clients_per_round(self, n_clients: int) -> int:
-        return max(1, min(n_clients, int(round(self.client_fraction * n_clients))))
+        wanted = self.per_round or int(round(self.client_fraction * n_clients))
+        return max(1, min(n_clients, wanted))
 
 
 @cache
@@ -322,6 +327,14 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def all_finite(params: Params) -> bool:
+    """Whether every parameter is finite. A tensor's sum is inf or NaN where any element is, so
+    one read of it settles the common case; only a sum that is not finite (a NaN, an inf, or
+    finite values summing past float32's range) is checked element by element."""
+    return all(math.isfinite(float(v.sum())) or bool(torch.isfinite(v).all())
+               for v in params.values())
+
+
 def server_loop(updates: ClientUpdates, params: Params, clients: Sequence[Client],
                 cfg: FLConfig, seed: int, *, record: Sequence[str] = (),
                 probe_rounds: Collection[int] = (),
@@ -344,6 +357,7 @@ def server_loop(updates: ClientUpdates, params: Params, clients: Sequence[Client
     log = UpdateLog(np.repeat(np.arange(cfg.rounds), sizes), [], [],
                     np.zeros(total, dtype=np.int64))
     sampled = schedule(len(clients), per_round, cfg.rounds, seed)
+    male = np.array([c.gender == "M" for c in clients], dtype=np.int64)
     row = 0
     for rnd in range(cfg.rounds):
         round_start = row
@@ -352,21 +366,19 @@ def server_loop(updates: ClientUpdates, params: Params, clients: Sequence[Client
         if on_global:
             on_global(rnd, params)
         shared = dict(zip(ks, updates(params, rnd, ks)))
-        for k, update in shared.items():
-            c = clients[k]
-            log.clients.append(c.cid)
-            log.speakers.append(c.speaker)
-            log.genders[row] = int(c.gender == "M")
-            stored = keep(rnd, update)
-            if row == 0 and stored:  # the log's size is known from the first update
-                check_log_memory(total, stored)
-                log.layers = {name: torch.empty((total, *v.shape)) for name, v in stored.items()}
-            for name, value in stored.items():
-                log.layers[name][row] = value
-            row += 1
+        stored = [keep(rnd, update) for update in shared.values()]
+        if row == 0 and stored[0]:  # the log's size is known from the first update
+            check_log_memory(total, stored[0])
+            log.layers = {name: torch.empty((total, *v.shape)) for name, v in stored[0].items()}
+        row += len(stored)
+        for name, layer in log.layers.items():  # the round's updates, copied at once
+            torch.stack([s[name] for s in stored], out=layer[round_start:row])
+        log.clients += [clients[k].cid for k in shared]
+        log.speakers += [clients[k].speaker for k in shared]
+        log.genders[round_start:row] = male[list(shared)]
         stepped = aggregate(params, [shared[k] for k in chosen],
                             [clients[k].n_train for k in chosen], cfg)
-        if not all(torch.isfinite(v).all() for v in stepped.values()):
+        if not all_finite(stepped):
             # Every later update, and any statistic of them, would be inf or NaN.
             raise Diverged(
                 f"FL training diverged: the global model is not finite after round {rnd + 1} "
