@@ -91,7 +91,7 @@ class Shadow:
             init_seed = shadow_run_seeds(ctx.seed, init_run)[1]
         deployed = federate(a.recipe(ctx), ctx.shadow, rows, ctx.shadow_defense, seed=run_seed,
                             init_seed=init_seed, engine=ctx.engine, reporter=ctx.reporter,
-                            probe_rounds=a.probe_rounds, partial=True,
+                            probe_rounds=a.probe_rounds, partial=True, public=ctx.shadow,
                             description=f"shadow {a.algorithm}{what} ({ctx.mode})")
         if "inversion" in self.tried:  # from the raw first-layer updates, dropped once copied
             add_inverted(deployed.run.log, deployed.observed)

@@ -94,6 +94,8 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
         "class_counts": {"target": class_counts(target.table),
                          "shadow": class_counts(shadow.table) if shadow else {}},
     }
+    if defense.tags.public_data:  # SPEC §4a: which public data the defense was given
+        resolved["public_speakers"] = resolved["shadow_speakers"]
     if (permuted := gender_permutation(target.table, *([shadow.table] if shadow else []))):
         resolved["gender_permutation"] = permuted
     run_dir = RunDir(out or default_out(cfg), resolved)
@@ -119,7 +121,7 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
         todo = [mode for mode in modes if done[mode][fold] is None]
         reporter.stage("target's training", fold=fold, folds=folds)
         deployed = deploy(recipe, target, fold, defense, seed=cfg.seed, engine=cfg.engine,
-                          reporter=reporter) if todo else None
+                          reporter=reporter, public=shadow) if todo else None
         for mode in todo:
             reporter.stage("attack", mode=mode, fold=fold, folds=folds)
             done[mode][fold] = attack.evaluate_fold(contexts[mode], fold, deployed)
