@@ -77,10 +77,10 @@ class FLDeployment:
 def public_data(data: CorpusData, features: str, classes: tuple[str, ...]) -> PublicData:
     """``data`` (public speakers only) as a ``public_data`` defense receives it."""
     table = data.table
-    return PublicData(torch.as_tensor(data.features(features), dtype=torch.float32),
+    return PublicData(torch.tensor(data.features(features), dtype=torch.float32),
                       tuple(table["speaker"].astype(str)),
-                      torch.as_tensor((table["gender"] == "M").to_numpy(), dtype=torch.long),
-                      torch.as_tensor(emotion_labels(table["emotion"], classes, deal_others=True)))
+                      torch.tensor((table["gender"] == "M").to_numpy(), dtype=torch.long),
+                      torch.tensor(emotion_labels(table["emotion"], classes, deal_others=True)))
 
 
 def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defense, *,
