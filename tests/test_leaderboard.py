@@ -359,8 +359,19 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -
             # A track rebuilt since issue 11 (any version 2 entry) holds udp-ref too.
             rebuilt = any(e["schema_version"] >= 2 for e in entries)
             expected = built_in if rebuilt else built_in - {"udp-ref"}
+            expected -= pending(entries)
             assert {e["defense"]["name"] for e in entries} >= expected, (corpus, surface)
             assert all(e["standard"] for e in entries), (corpus, surface)
+
+
+#: Issue 24's defenses: their entries are built after the merge (a track holds all of them or,
+#: until it is rebuilt, none).
+ISSUE_24 = frozenset({"prune", "grl", "recup"})
+
+
+def pending(entries: list[dict]) -> frozenset[str]:
+    """The issue-24 defenses a track's ``entries`` may still lack: all, until it holds one."""
+    return ISSUE_24 if not ISSUE_24 & {e["defense"]["name"] for e in entries} else frozenset()
 
 
 def committed_families() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
@@ -391,8 +402,9 @@ def test_committed_families_are_whole_and_drawn_as_curves() -> None:
     tracks = boards(entries)
     for corpus, surface in sorted(with_families):
         board = tracks[f"{corpus}/{surface}"]
+        waiting = pending([r.data for r in board.rows])
         for defense, sweep in baselines_module().SWEEPS.items():
-            if surface not in sweep.tracks:
+            if surface not in sweep.tracks or defense in waiting:
                 continue
             family = next((f for f in board.families if f.defense == defense
                            and f.axis == sweep.param), None)
