@@ -132,12 +132,15 @@ class RecUP(Defense):
 
     def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
                      loader: DataLoader, *, epochs: int, generator: torch.Generator,
-                     attribute: int) -> Private:
-        """Training is unchanged: the client (re)trains the zoo on the public speakers'
-        updates at the global model it received (``model``'s parameters) when a new round's
-        model is due (``refresh``); its own ``attribute`` is used when it perturbs."""
+                     attribute: int | torch.Tensor,
+                     transmitted: nn.Module | None = None) -> Private:
+        """Training is unchanged: an FL client (calibrated with public data) (re)trains the
+        zoo on the public speakers' updates at the global model it received (``model``'s
+        parameters) when a new round's model is due (``refresh``); its own ``attribute`` is
+        used when it perturbs. T's central training (no FL run, nothing shared) is left as
+        it is."""
         if self._public is None:
-            raise SerbenchError("defense 'recup': call calibrate(..., public=...) first")
+            return Private(model, optimizer, criterion, loader)
         params = {k: p.detach() for k, p in model.named_parameters()}
         key = (tuple(params["first.weight"].flatten()[:16].tolist()),
                float(params["last.weight"].sum()))

@@ -125,7 +125,8 @@ class Recording(Defense):
 def test_the_attribute_reaches_a_declaring_defense_for_training_speakers_only() -> None:
     """T's trainer gives the genders of T's own training rows (never a fold's test speaker's)
     and the module whose output is transmitted; a training defense that does not declare
-    ``reads_attribute`` is given nothing (dpsgd's make_private would reject the keyword)."""
+    ``reads_attribute`` is given nothing (dpsgd's make_private would reject the keyword), and
+    recup, which acts on FL updates only, trains T unchanged."""
     data = load_corpus("synth", None, {"utterances_per_emotion": 2}, seed=0)
     target, _ = split_disjoint(data, 0)
     rows = np.flatnonzero(target.table["fold"].to_numpy() != 1)
@@ -136,4 +137,5 @@ def test_the_attribute_reaches_a_declaring_defense_for_training_speakers_only() 
     genders = (target.table["gender"].iloc[rows] == "M").to_numpy()
     assert attribute.tolist() == genders.astype(int).tolist()
     assert transmitted is trained.net.layers["pool1"]
-    train_target(recipe, target, rows, load_plugin("defense", "dpsgd")(), seed=0)
+    for name in ("dpsgd", "recup"):  # recup shares nothing in T's training: it is unchanged
+        train_target(recipe, target, rows, load_plugin("defense", name)(), seed=0)
