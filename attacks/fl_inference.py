@@ -37,7 +37,7 @@ from serbench.context import Attack, EvalContext
 from serbench.deploy.federated import SERVER_ELSEWHERE, FLDeployment, FLRecipe
 from serbench.errors import SerbenchError
 from serbench.fl.clients import make_clients
-from serbench.fl.engine import FLConfig, predict, recorded_per_round
+from serbench.fl.engine import FLConfig, UpdateLog, predict, recorded_per_round
 from serbench.metrics import emotion_classes, emotion_labels
 from serbench.models.mlp import SERMLP
 from serbench.models.train import predict_proba
@@ -302,11 +302,22 @@ class FLInferenceAttack(Attack):
                                       "speaker": [speaker_of[o] for o in owners],
                                       "y_true": genders, "y_pred": proba.argmax(1),
                                       "score": proba[:, 1], "client": owners}))
+        if deployed.own is not None and ctx.mode == "non-adaptive":
+            rows.append(own_frame(run.log, deployed.own))
         extras = deployed.privacy | {
             f"shadow held-out UAR ({name})": score for name, score in fitted.selection.items()
         } | {"clients per round (target)": deployed.per_round,
              "clients per round (shadow)": self.shadow_config(ctx).per_round}
         return FoldResult(pd.concat(rows, ignore_index=True), extras, deployed.accounting)
+
+
+def own_frame(log: UpdateLog, own: list[float]) -> pd.DataFrame:
+    """The defense's own attacker (its paper's non-adaptive one, e.g. ``recup``'s zoo) on each
+    recorded update of the target's run: group ``own/zoo``."""
+    score = np.asarray(own[:len(log)], dtype=float)
+    return pd.DataFrame({"task": "gender", "group": "own/zoo", "speaker": log.speakers,
+                         "y_true": log.genders, "y_pred": (score > 0.5).astype(int),
+                         "score": score, "client": log.clients})
 
 
 @dataclass

@@ -195,6 +195,8 @@ class InterceptAttack(Attack):
         run = _FoldRun(self, ctx, fold)
         main = run.leakage(deployed.target, self.k, self.jobs(self.scenarios))
         preds = run.frame(main)
+        if deployed.own_attacker is not None and ctx.mode == "non-adaptive":
+            preds = pd.concat([preds, run.own_frame(deployed)], ignore_index=True)
         analyses = self.analysis_rows(ctx, fold, run, deployed.target, main, preds) \
             if self.analyses else None
         return FoldResult(preds, deployed.privacy, deployed.accounting, analyses)
@@ -354,13 +356,31 @@ class _FoldRun(FoldSides):
         """T's emotion (true, predicted) on the test speakers."""
         return emotion_labels(self.table("test")["emotion"], self.classes), result.emotion
 
-    def frame(self, result: _Leakage, jobs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
-        """Prediction rows: T's emotion (group "") and each attack's gender ("scenario/type"),
-        with each utterance's speaker, emotion and, for IEMOCAP, improvised or scripted."""
+    def info(self) -> dict[str, np.ndarray]:
+        """Each test utterance's speaker, emotion and, for IEMOCAP, improvised or scripted."""
         table = self.table("test")
         info = {"speaker": table["speaker"].to_numpy(), "emotion": table["emotion"].to_numpy()}
         if "improvised" in table:
             info["utterances"] = np.where(table["improvised"], "improvised", "scripted")
+        return info
+
+    def own_frame(self, deployed: SplitDeployment) -> pd.DataFrame:
+        """The defense's own attacker (its paper's non-adaptive one, e.g. ``grl``'s adversary,
+        trained with T) on the test speakers' transmissions: group ``own/adversary``."""
+        h = self.transmitted(deployed.target, self.attack.k, "test")
+        with torch.no_grad():
+            proba = torch.cat([deployed.own_attacker(h[i:i + 256])
+                               for i in range(0, len(h), 256)]).numpy()
+        gender = self.table("test")["gender"].map(GENDERS.index).to_numpy()
+        return pd.DataFrame({"task": "gender", "group": "own/adversary", "y_true": gender,
+                             "y_pred": proba.argmax(1), "score": proba[:, 1], "bound": "",
+                             "model": "own", **self.info()})
+
+    def frame(self, result: _Leakage, jobs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Prediction rows: T's emotion (group "") and each attack's gender ("scenario/type"),
+        with each utterance's :meth:`info`."""
+        table = self.table("test")
+        info = self.info()
         y_true, y_pred = self.emotion(result)
         parts = [pd.DataFrame({"task": "emotion", "group": "", "y_true": y_true,
                                "y_pred": y_pred, "bound": "", "model": "", **info})]

@@ -58,7 +58,7 @@ class ShadowRuns:
         with fixed_threads():
             deployed = federate(self.recipe, self.data, spec.rows, self.defense, seed=run_seed,
                                 init_seed=init_seed, engine=self.engine, reporter=self.reporter,
-                                probe_rounds=self.probe_rounds, partial=True,
+                                probe_rounds=self.probe_rounds, partial=True, public=self.data,
                                 description=self.label.format(what=spec.what))
             log = deployed.run.log
             if self.invert:  # from the raw first-layer updates

@@ -82,6 +82,12 @@ SWEEPS: dict[str, Sweep] = {
     "noise": Sweep("sigma", "sigma", (0.001, 0.01, 0.1, 1, 10), ("update", "representation"),
                    instead=(("update", (0.001, 0.01, 0.1, 1, 2)),)),
     "adv": Sweep("eps", "eps", (0.02, 0.05, 0.1, 0.2), ("input",)),
+    # Issue 24: the share of each update kept (DLG's default regime, 0.7, down to 1%), the
+    # gradient-reversal weight around Ganin's 1, and RecUP-FL's relative L2 budget (the zoo at
+    # chance from 0.1 at the initial model on synth, to a perturbation as large as the update).
+    "prune": Sweep("keep", "k", (0.01, 0.1, 0.3, 0.7), ("update",)),
+    "grl": Sweep("lam", "lam", (0.1, 0.3, 1, 3), ("representation",)),
+    "recup": Sweep("budget", "b", (0.03, 0.1, 0.3, 1), ("update",)),
 }
 
 

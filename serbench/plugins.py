@@ -134,9 +134,31 @@ class Tags:
     #: The parameters that set its strength, in order of preference, each with the symbol that
     #: labels it (a family's axis on the leaderboard is the first one an entry sets).
     strength: tuple[tuple[str, str], ...] = ()
+    #: It reads the sensitive attribute of its own training data (SPEC §4a): trainers pass
+    #: ``attribute`` (0 = F, 1 = M) to :meth:`Defense.make_private` and
+    #: :meth:`Defense.privatize_update`, an FL client's own gender, or T's training examples'
+    #: genders (with ``transmitted``, the module whose output the device sends). Never a test
+    #: speaker's; a defense that does not declare it never receives it.
+    reads_attribute: bool = False
+    #: It trains on public data (SPEC §4a: the corpus's shadow side, never a target speaker):
+    #: :meth:`Defense.calibrate` receives ``public``, a :class:`PublicData`, and the run
+    #: records its speakers.
+    public_data: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "surfaces", frozenset(Surface(s) for s in self.surfaces))
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicData:
+    """What a ``public_data`` defense may train on: the public speakers' utterances in the
+    feature set the deployed model reads (``x``), with each row's speaker, gender (0 = F,
+    1 = M) and emotion label in the target's classes."""
+
+    x: torch.Tensor
+    speakers: tuple[str, ...]
+    genders: torch.Tensor
+    emotions: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +186,9 @@ class Private(NamedTuple):
     criterion: nn.Module
     loader: DataLoader
     spent: Callable[[], Guarantee] = Guarantee
+    #: The attacker the defense trains alongside (its paper's non-adaptive attacker, e.g. a
+    #: gradient-reversal adversary): gender probabilities (N, 2) from the transmitted layer.
+    own_attacker: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 #: The hooks that act on each surface, or on training (``trains``): a defense may override a
@@ -206,8 +231,15 @@ class Defense(Plugin):
         clients' hooks need (UDP turns a target ε into a noise multiplier) and return the
         run's guarantee against the server, which picked the clients (no sampling
         amplification). ``participations``: the most rounds any client takes part in under the
-        run's seeded schedule, which the server knows (``None``: unknown; every round)."""
+        run's seeded schedule, which the server knows (``None``: unknown; every round). A
+        ``public_data`` defense also receives ``public`` (:class:`PublicData`)."""
         return Guarantee()
+
+    def own_scores(self) -> list[float] | None:
+        """FL: the defense's own attacker's P(male) for each update this run's copy shared, in
+        the order it shared them (its paper's non-adaptive attacker, e.g. RecUP-FL's zoo);
+        ``None``: it has none."""
+        return None
 
     def privatize_update(self, update: dict[str, torch.Tensor], *,
                          generator: torch.Generator) -> dict[str, torch.Tensor]:

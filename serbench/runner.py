@@ -95,6 +95,8 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
         "class_counts": {"target": class_counts(target.table),
                          "shadow": class_counts(shadow.table) if shadow else {}},
     }
+    if defense.tags.public_data:  # SPEC §4a: which public data the defense was given
+        resolved["public_speakers"] = resolved["shadow_speakers"]
     if (permuted := gender_permutation(target.table, *([shadow.table] if shadow else []))):
         resolved["gender_permutation"] = permuted
     run_dir = RunDir(out or default_out(cfg), resolved)
@@ -148,7 +150,7 @@ class FoldJob:
         ctx.reporter.stage("target's training", fold=fold, folds=self.folds)
         with fixed_threads():
             deployed = deploy(self.recipe, ctx.target, fold, ctx.defense, seed=ctx.seed,
-                              engine=ctx.engine, reporter=ctx.reporter)
+                              engine=ctx.engine, reporter=ctx.reporter, public=ctx.shadow)
             out = {}
             for mode in modes:
                 ctx.reporter.stage("attack", mode=mode, fold=fold, folds=self.folds)

@@ -13,6 +13,7 @@ one-line errors for bad parameters.
 from __future__ import annotations
 
 import copy
+import inspect
 import pickle
 import random
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import torch
 
 from serbench.errors import SerbenchError
 from serbench.defenses.none import NoDefense
-from serbench.plugins import HOOKS, Defense, Surface
+from serbench.plugins import HOOKS, Defense, PublicData, Surface
 
 #: What the contract declares in :class:`serbench.plugins.Tags`, and no longer as class
 #: attributes of its own (a defense written for the older contract).
@@ -38,19 +39,61 @@ class Check:
     reason: str = ""
 
 
+def _public() -> PublicData:
+    """Six public speakers (three of each gender), two utterances each, in the small model's
+    12-feature space: what a ``public_data`` defense is calibrated with here."""
+    data = torch.Generator().manual_seed(3)
+    speakers = tuple(f"public{i // 2}" for i in range(12))
+    return PublicData(torch.randn(12, 12, generator=data), speakers,
+                      torch.tensor([(i // 2) % 2 for i in range(12)]),
+                      torch.randint(0, 4, (12,), generator=data))
+
+
 def _client_update(defense: Defense, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """A FedAvg client's shared update on a small model, through the defense as the FL engines
-    apply it (calibrated for a 10-round recipe; its training hooks if it ``trains``)."""
+    apply it (calibrated for a 10-round recipe, with public data if it declares them; its
+    training hooks if it ``trains``; the client's gender if it ``reads_attribute``)."""
     from serbench.fl.engine import FLConfig, init_params, local_update
 
     cfg = FLConfig("fedavg", rounds=10, client_fraction=0.5, batch_size=4)
-    defense.calibrate(rounds=cfg.rounds, sample_rate=0.5, participations=5)
+    defense.calibrate(rounds=cfg.rounds, sample_rate=0.5, participations=5,
+                      **({"public": _public()} if defense.tags.public_data else {}))
     data = torch.Generator().manual_seed(2)
     x, y = torch.randn(12, 12, generator=data), torch.randint(0, 4, (12,), generator=data)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):  # init_params seeds torch's global RNG itself
         params = init_params(12, cfg, 0)
-    return local_update(params, x, y, cfg, seed, defense)
+    return local_update(params, x, y, cfg, seed, defense, attribute=1)
+
+
+#: What each capability tag lets a hook receive: tag -> (keyword, the hooks that receive it).
+GIVEN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "reads_attribute": ("attribute", ("make_private", "privatize_update")),
+    "public_data": ("public", ("calibrate",)),
+}
+
+
+def ungiven(cls: type[Defense]) -> list[str]:
+    """Each capability a hook of ``cls`` expects without its tag (it would never receive it),
+    or a tag whose hooks cannot take what it gives (they would fail when given it), in one line
+    each; and ``public_data`` without the update surface, the only one it is given on."""
+    problems = []
+    for tag, (keyword, hooks) in GIVEN.items():
+        declared = getattr(cls.tags, tag)
+        for hook in hooks:
+            if getattr(cls, hook) is getattr(Defense, hook):
+                continue
+            takes = keyword in inspect.signature(getattr(cls, hook)).parameters
+            if takes and not declared:
+                problems.append(f"{hook} takes {keyword!r} but its tags do not declare "
+                                f"{tag}=True, so it is never given")
+            elif declared and not takes:
+                problems.append(f"its tags declare {tag}=True but {hook} takes no {keyword!r} "
+                                f"keyword")
+    if cls.tags.public_data and Surface.UPDATE not in cls.tags.surfaces:
+        problems.append("its tags declare public_data=True, which is given at FL calibration "
+                        "only, without the update surface (Surface.UPDATE)")
+    return problems
 
 
 def undeclared(cls: type[Defense]) -> list[str]:
@@ -69,7 +112,7 @@ def undeclared(cls: type[Defense]) -> list[str]:
         elif isinstance(needs, Surface) and needs not in tags.surfaces:
             problems.append(f"it overrides {hook} but its tags do not declare the "
                             f"{needs.value} surface (Surface.{needs.name})")
-    return problems
+    return problems + ungiven(cls)
 
 
 def unrandomized(defense: Defense) -> list[str]:
@@ -104,10 +147,13 @@ def _transforms(defense: Defense, whole_update: bool = True
     if Surface.UPDATE in defense.surfaces and whole_update:
         out["client update"] = lambda g: _client_update(defense, g)
     elif Surface.UPDATE in defense.surfaces:
-        defense.calibrate(rounds=10, sample_rate=0.5, participations=5)
-        update = {"w": x[0, 0].clone(), "b": x[1, 0, 0].clone()}
+        # An undefended client's update; a training defense first wraps one client's training
+        # (its privatize_update may use what its make_private saw).
+        update = _client_update(NoDefense(), torch.Generator().manual_seed(5))
+        _client_update(defense, torch.Generator().manual_seed(5))
+        given = {"attribute": 1} if defense.tags.reads_attribute else {}
         out["privatize_update"] = lambda g: defense.privatize_update(
-            {k: v.clone() for k, v in update.items()}, generator=g)
+            {k: v.clone() for k, v in update.items()}, generator=g, **given)
     if Surface.REPRESENTATION in defense.surfaces:
         out["transform_representation"] = lambda g: defense.transform_representation(
             x.clone(), generator=g)

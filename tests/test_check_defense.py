@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serbench.registry import load_plugin
-from serbench.testing import assert_defense_conforms, check_defense
+from serbench.testing import assert_defense_conforms, check_defense, contract_problems
 
 REPO = Path(__file__).resolve().parents[1]
 BROKEN = '''
@@ -30,7 +30,8 @@ class Broken(Defense):
 '''
 
 
-@pytest.mark.parametrize("name", ["none", "udp", "udp-ref", "dpsgd", "noise", "adv"])
+@pytest.mark.parametrize("name", ["none", "udp", "udp-ref", "dpsgd", "noise", "adv", "prune", "grl",
+                                  "recup"])
 def test_every_built_in_defense_conforms(name: str) -> None:
     assert_defense_conforms(load_plugin("defense", name))
 
@@ -122,3 +123,60 @@ def test_a_defense_that_does_more_than_it_declares_fails_and_is_refused(tmp_path
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert "does more than it declares" in lines[0] and "Traceback" not in proc.stderr
         assert not (tmp_path / name).exists()  # refused before any work
+
+
+CAPABILITIES = '''
+from dataclasses import dataclass
+from typing import ClassVar
+from serbench.plugins import Defense, Guarantee, Surface, Tags
+
+@dataclass
+class Peeking(Defense):
+    """Expects the client's gender without declaring it: it would never be given it."""
+    name: ClassVar[str] = "peeking"
+    summary: ClassVar[str] = "undeclared attribute"
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE})
+
+    def privatize_update(self, update, *, generator, attribute):
+        return update
+
+@dataclass
+class Deaf(Defense):
+    """Declares the attribute, but its hook cannot take it."""
+    name: ClassVar[str] = "deaf"
+    summary: ClassVar[str] = "declared attribute, no keyword"
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.UPDATE}, reads_attribute=True)
+
+    def privatize_update(self, update, *, generator):
+        return update
+
+@dataclass
+class Offline(Defense):
+    """Declares public data where it is never given (no FL calibration)."""
+    name: ClassVar[str] = "offline"
+    summary: ClassVar[str] = "public data off the update surface"
+    tags: ClassVar[Tags] = Tags(surfaces={Surface.REPRESENTATION}, public_data=True)
+
+    def calibrate(self, *, rounds, sample_rate, participations=None, public=None):
+        return Guarantee()
+'''
+
+
+@pytest.mark.parametrize("name, fragments", [
+    ("Peeking", ("privatize_update takes 'attribute'", "reads_attribute=True")),
+    ("Deaf", ("reads_attribute=True", "privatize_update takes no 'attribute'")),
+    ("Offline", ("public_data=True", "Surface.UPDATE")),
+])
+def test_a_capability_used_against_its_tags_fails_with_the_rule(tmp_path: Path, name: str,
+                                                                  fragments: tuple) -> None:
+    """The new capabilities (issue 24): a hook expecting the attribute or public data its tags
+    do not declare, a tag its hooks cannot take, or public data off the update surface fails
+    the tags' check in one line naming the rule, and the runner refuses it."""
+    path = tmp_path / "capabilities.py"
+    path.write_text(CAPABILITIES)
+    cls = load_plugin("defense", f"{path}:{name}")
+    failed = {c.name: c.reason for c in check_defense(cls) if not c.passed}
+    reason = failed["hooks act only where its tags declare"]
+    assert all(f in reason for f in fragments) and "\n" not in reason, reason
+    assert all("\n" not in r for r in failed.values())
+    assert contract_problems(cls())

@@ -39,7 +39,7 @@ def tone(path: Path) -> str:
 
 @pytest.mark.parametrize("option, value, fragment", [
     ("--attack", "nope", "valid: autoattack, eot-pgd, fedavg, fedsgd, fgsm, intercept, pgd"),
-    ("--defense", "nope", "valid: adv, dpsgd, noise, none, udp, udp-ref"),
+    ("--defense", "nope", "valid: adv, dpsgd, grl, noise, none, prune, recup, udp, udp-ref"),
     ("--dataset", "nope", "valid: crema-d, iemocap, manifest, msp-improv, ravdess, synth"),
     ("--features", "nope", "valid: egemaps, emobase"),
 ])

@@ -71,7 +71,7 @@ def test_fit_classifier_trains_under_dp_and_reports_opacus_epsilon(params) -> No
     x, y = separable()
     dp = DPSGD(**params)
     torch.manual_seed(0)
-    model, guarantee = fit_defended(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
+    model, guarantee, _ = fit_defended(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
                                     [x], y, epochs=4, batch_size=16, lr=1e-2, seed=0, defense=dp)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.8

@@ -36,8 +36,8 @@ from test_cli import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = (REPO / "docs" / "writing-a-defense.md").read_text()
-ENTRY = Path("leaderboards/synth/update/prune-trial.json")
-RUNS = {"fedsgd": Path("runs/prune-fedsgd-trial"), "fedavg": Path("runs/prune-fedavg-trial")}
+ENTRY = Path("leaderboards/synth/update/my-prune-trial.json")
+RUNS = {"fedsgd": Path("runs/my-prune-fedsgd-trial"), "fedavg": Path("runs/my-prune-fedavg-trial")}
 
 
 def serbench(*args: str, cwd: Path) -> SimpleNamespace:
@@ -95,8 +95,8 @@ def test_guide_defense_becomes_a_valid_entry(trial: SimpleNamespace) -> None:
         assert proc.returncode == 0, (proc.args, proc.stderr[-2000:])
     entry = trial.entry
     jsonschema.validate(entry, json.loads(SCHEMA_PATH.read_text()))
-    assert (entry["name"], entry["corpus"], entry["surface"]) == ("prune-trial", "synth", "update")
-    assert entry["defense"] | {"summary": ""} == {"ref": "prune.py:Prune", "name": "prune",
+    assert (entry["name"], entry["corpus"], entry["surface"]) == ("my-prune-trial", "synth", "update")
+    assert entry["defense"] | {"summary": ""} == {"ref": "my_prune.py:MyPrune", "name": "my-prune",
                                                   "summary": "", "surfaces": ["update"],
                                                   "params": {"keep": 0.1}}
     assert not entry["standard"] and entry["deviations"]["fedavg"]["rounds"] == 3
@@ -122,7 +122,7 @@ def test_guide_defense_becomes_a_valid_entry(trial: SimpleNamespace) -> None:
         assert stored["content_hash"] == hashlib.sha256(sums).hexdigest()
     shown = trial.procs[-1].stdout  # the guide's `leaderboard show`
     utility = entry["headline"]["utility"]
-    row = next(line for line in shown.splitlines() if "prune-trial" in line)
+    row = next(line for line in shown.splitlines() if "my-prune-trial" in line)
     assert "trial" in row and f"{utility['uar']:.3f}" in row
     assert f"{utility['ci'][0]:.2f}–{utility['ci'][1]:.2f}" in shown
     assert f"{utility['mean']:.3f}±{utility['std']:.3f}" in shown
@@ -147,7 +147,7 @@ def test_worst_case_is_the_maximum_over_attacks_and_modes(trial: SimpleNamespace
     assert worst["ci"][0] <= own[0] and worst["ci"][1] >= own[1] and worst["ci"] != own
     # The terminal table shows where the worst case was attained under its numbers.
     lines = trial.procs[-1].stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if "prune-trial" in line)
+    start = next(i for i, line in enumerate(lines) if "my-prune-trial" in line)
     end = next(i for i in range(start + 1, len(lines)) if lines[i][:1] in "├└")
     cell = " ".join(line.split("│")[4].strip() for line in lines[start:end])
     assert cell.startswith(f"{worst['uar']:.3f} {worst['ci'][0]:.2f}–{worst['ci'][1]:.2f} ")
@@ -187,7 +187,7 @@ def rerun(trial: SimpleNamespace) -> SimpleNamespace:
     """`verify --folds 1` of the trial entry, its re-runs kept for reuse."""
     out = trial.work / "verify-runs"
     proc = lb("verify", str(ENTRY), "--folds", "1", "--out", str(out), "--defense",
-              "prune.py:Prune", cwd=trial.work)
+              "my_prune.py:MyPrune", cwd=trial.work)
     return SimpleNamespace(proc=proc, out=out)
 
 
@@ -209,7 +209,7 @@ def test_verify_reruns_and_catches_forged_predictions(trial: SimpleNamespace,
     shown = lb("show", "--dir", str(trial.work / "forged-board"), cwd=trial.work)
     assert shown.returncode == 0 and "inconsistent" not in shown.stdout
     proc = lb("verify", str(path), "--folds", "1", "--out", str(rerun.out), "--defense",
-              "prune.py:Prune", cwd=trial.work)
+              "my_prune.py:MyPrune", cwd=trial.work)
     assert proc.returncode == 1 and "FAILED" in proc.stdout, proc.stdout + proc.stderr
     failed = [line for line in proc.stdout.splitlines() if "✗" in line]
     assert failed and all("fedsgd" in line and "gender" in line for line in failed)
@@ -253,7 +253,7 @@ def test_hand_edited_entry_is_marked_and_fails_verify(trial: SimpleNamespace,
     assert "✗ inconsistent" in rows["edited"] and "inconsistent" not in rows["honest"]
     assert "edited: stored results/fedsgd/adaptive/gender@n=1/folds[0]/uar = 0.5" in shown.stdout
     proc = lb("verify", str(tmp_path / "synth/update/edited.json"), "--defense",
-              "prune.py:Prune", cwd=trial.work)
+              "my_prune.py:MyPrune", cwd=trial.work)
     assert_one_line_error(proc, "edited.json", "but its predictions give", "edited by hand")
 
 
@@ -318,10 +318,10 @@ def test_entries_are_data_never_code(trial: SimpleNamespace, tmp_path: Path) -> 
     marker = tmp_path / "imported"
     (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     data = copy.deepcopy(trial.entry) | {"name": "evil"}
-    data["defense"]["ref"] = "evil.py:Prune"
+    data["defense"]["ref"] = "evil.py:MyPrune"
     path = write_entry(tmp_path / "board", data)
     assert lb("show", "--dir", "board", cwd=tmp_path).returncode == 0
-    assert_one_line_error(lb("verify", str(path), cwd=tmp_path), "evil.py:Prune",
+    assert_one_line_error(lb("verify", str(path), cwd=tmp_path), "evil.py:MyPrune",
                           "pass --defense")
     assert not marker.exists()
     path.write_text(path.read_text().replace('"keep": 0.1', '"keep": NaN'))
@@ -359,8 +359,19 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -
             # A track rebuilt since issue 11 (any version 2 entry) holds udp-ref too.
             rebuilt = any(e["schema_version"] >= 2 for e in entries)
             expected = built_in if rebuilt else built_in - {"udp-ref"}
+            expected -= pending(entries)
             assert {e["defense"]["name"] for e in entries} >= expected, (corpus, surface)
             assert all(e["standard"] for e in entries), (corpus, surface)
+
+
+#: Issue 24's defenses: their entries are built after the merge (a track holds all of them or,
+#: until it is rebuilt, none).
+ISSUE_24 = frozenset({"prune", "grl", "recup"})
+
+
+def pending(entries: list[dict]) -> frozenset[str]:
+    """The issue-24 defenses a track's ``entries`` may still lack: all, until it holds one."""
+    return ISSUE_24 if not ISSUE_24 & {e["defense"]["name"] for e in entries} else frozenset()
 
 
 def committed_families() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
@@ -391,8 +402,9 @@ def test_committed_families_are_whole_and_drawn_as_curves() -> None:
     tracks = boards(entries)
     for corpus, surface in sorted(with_families):
         board = tracks[f"{corpus}/{surface}"]
+        waiting = pending([r.data for r in board.rows])
         for defense, sweep in baselines_module().SWEEPS.items():
-            if surface not in sweep.tracks:
+            if surface not in sweep.tracks or defense in waiting:
                 continue
             family = next((f for f in board.families if f.defense == defense
                            and f.axis == sweep.param), None)

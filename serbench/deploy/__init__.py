@@ -27,12 +27,12 @@ Deployment = Union[FLDeployment, SplitDeployment]
 
 
 def deploy(recipe: Recipe, data: CorpusData, fold: int, defense: Defense, *, seed: int,
-           engine: str, reporter: Reporter) -> Deployment:
+           engine: str, reporter: Reporter, public: CorpusData | None = None) -> Deployment:
     """The target as deployed on ``fold``: trained on the other folds' speakers with
-    ``defense``."""
+    ``defense`` (given the ``public`` speakers where it trains on public data)."""
     train = np.flatnonzero(data.table["fold"].to_numpy() != fold)
     if isinstance(recipe, FLRecipe):
         return federate(recipe, data, train, defense, seed=target_run_seed(seed, fold), init_seed=seed,
-                        engine=engine, reporter=reporter,
+                        engine=engine, reporter=reporter, public=public,
                         description=f"fold {fold}: target {recipe.cfg.algorithm}")
     return deploy_split(recipe, data, train, defense, seed=seed, fold=fold)

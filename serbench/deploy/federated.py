@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from serbench.corpora.data import CorpusData
 from serbench.errors import SerbenchError
@@ -17,7 +18,7 @@ from serbench.fl import get_engine
 from serbench.fl.clients import make_clients, most_participations, schedule
 from serbench.fl.engine import Diverged, FLConfig, FLRun, Params, init_params
 from serbench.metrics import emotion_labels
-from serbench.plugins import Defense
+from serbench.plugins import Defense, PublicData
 from serbench.progress import Reporter
 
 
@@ -70,11 +71,24 @@ class FLDeployment:
     observed: dict[int, Any] = field(default_factory=dict)
     #: Clients aggregated in each round.
     per_round: int = 0
+    #: The defense's own attacker's P(male) per recorded update, in the log's order
+    #: (:meth:`Defense.own_scores`); ``None``: it has none.
+    own: list[float] | None = None
+
+
+def public_data(data: CorpusData, features: str, classes: tuple[str, ...]) -> PublicData:
+    """``data`` (public speakers only) as a ``public_data`` defense receives it."""
+    table = data.table
+    return PublicData(torch.tensor(data.features(features), dtype=torch.float32),
+                      tuple(table["speaker"].astype(str)),
+                      torch.tensor((table["gender"] == "M").to_numpy(), dtype=torch.long),
+                      torch.tensor(emotion_labels(table["emotion"], classes, deal_others=True)))
 
 
 def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defense, *,
              seed: int, init_seed: int, engine: str, reporter: Reporter, description: str,
-             probe_rounds: Collection[int] = (), partial: bool = False) -> FLDeployment:
+             probe_rounds: Collection[int] = (), partial: bool = False,
+             public: CorpusData | None = None) -> FLDeployment:
     """Train ``recipe``'s FL model on ``data``'s ``rows`` with ``defense`` on every client.
 
     The server initialises the global model from ``init_seed`` (the attacker shadows from the
@@ -84,6 +98,7 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     The defense is calibrated for this run on a copy, so the caller's instance never changes.
     With ``partial`` (an attacker's simulation, never the deployment it imitates) a run that
     diverges ends there, with the updates recorded until then, instead of failing.
+    A ``public_data`` defense is calibrated with ``public`` (public speakers only, SPEC §4a).
     """
     defense = copy.deepcopy(defense)
     table = data.table.iloc[rows].reset_index(drop=True)
@@ -97,7 +112,16 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
     chosen = schedule(len(clients), per_round, cfg.rounds, seed)
     accounted = Accounted(cfg.rounds, per_round / len(clients),
                           most_participations(chosen, len(clients), len(probe_rounds)))
-    guarantee = defense.calibrate(**accounted._asdict())
+    given = {}
+    if defense.tags.public_data:
+        if public is None:
+            raise SerbenchError(f"defense {defense.name!r} trains on public data: give the run "
+                                f"public speakers (--shadow disjoint or other datasets)")
+        given["public"] = public_data(public, recipe.features, recipe.classes)
+    if defense.tags.reads_attribute and engine.startswith("flower"):
+        raise SerbenchError(f"defense {defense.name!r} reads each client's own attribute, "
+                            f"which the Flower engines do not pass yet; use --engine inprocess")
+    guarantee = defense.calibrate(**accounted._asdict(), **given)
     init = init_params(x.shape[1], cfg, init_seed)
     observed: dict[int, Any] = {}
     hook = {}
@@ -120,4 +144,4 @@ def federate(recipe: FLRecipe, data: CorpusData, rows: np.ndarray, defense: Defe
             reporter.log(f"{description}: {diverged}; its {len(run.log)} updates until then "
                          f"are used")
     return FLDeployment(run, accounted, dict(guarantee.numbers), guarantee.accounting(),
-                        observed=observed, per_round=per_round)
+                        observed=observed, per_round=per_round, own=defense.own_scores())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,13 +67,19 @@ class SplitDeployment:
     target: Target
     privacy: dict[str, float]
     accounting: dict[str, Any]
+    #: The defense's own attacker on the transmitted layer (``Private.own_attacker``): gender
+    #: probabilities from h_T; ``None``: it has none.
+    own_attacker: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def train_target(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray,
-                 defense: Defense | None, seed: int) -> tuple[Target, Guarantee]:
+                 defense: Defense | None, seed: int
+                 ) -> tuple[Target, Guarantee, Callable[[torch.Tensor], torch.Tensor] | None]:
     """T for emotion, from scratch, on ``data``'s ``rows``: through ``defense``'s training hooks
     if it ``trains``, and with its representation transform at ``recipe.layer`` in training if
-    it declares ``noise_aware`` (SPEC §4); with the guarantee of that training."""
+    it declares ``noise_aware`` (SPEC §4); with the guarantee of that training and the
+    defense's own attacker. A defense that ``reads_attribute`` is given the genders of these
+    ``rows`` only (T's training speakers, never a test speaker)."""
     x, mask = data.padded(recipe.features, recipe.frames)
     x, mask = x[rows], mask[rows]
     frames = mask.sum(dim=(0, 2))
@@ -93,22 +100,26 @@ def train_target(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray,
 
         hook = net.layers[recipe.layer].register_forward_hook(noisy)
     try:
-        _, guarantee = fit_defended(net, [target.inputs(x, mask)], y, epochs=recipe.epochs,
-                                    lr=recipe.lr, weight_decay=1e-4, seed=seed, defense=defense)
+        _, guarantee, own = fit_defended(
+            net, [target.inputs(x, mask)], y, epochs=recipe.epochs, lr=recipe.lr,
+            weight_decay=1e-4, seed=seed, defense=defense,
+            attribute=torch.tensor((data.table["gender"].iloc[rows] == "M").to_numpy(),
+                                   dtype=torch.long),
+            transmitted=net.layers[recipe.layer] if recipe.layer is not None else None)
     finally:
         if hook is not None:
             hook.remove()
-    return target, guarantee
+    return target, guarantee, own
 
 
 def deploy_split(recipe: SplitRecipe, data: CorpusData, rows: np.ndarray, defense: Defense,
                  *, seed: int, fold: int) -> SplitDeployment:
     """T as deployed on ``fold`` (trained on ``rows``), with its training's guarantee; the
     training works on its own copy of the defense, as every deployment does."""
-    target, guarantee = train_target(recipe, data, rows, copy.deepcopy(defense),
-                                     stable_seed(seed, fold, "target", recipe.family,
-                                                 recipe.features))
-    return SplitDeployment(target, dict(guarantee.numbers), guarantee.accounting())
+    target, guarantee, own = train_target(recipe, data, rows, copy.deepcopy(defense),
+                                          stable_seed(seed, fold, "target", recipe.family,
+                                                      recipe.features))
+    return SplitDeployment(target, dict(guarantee.numbers), guarantee.accounting(), own)
 
 
 def transmit(defense: Defense, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -64,17 +64,20 @@ def init_params(d_in: int, cfg: FLConfig, seed: int) -> Params:
 
 
 def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-                 seed: int, defense: Defense | None = None, *, rnd: int = 0) -> Params:
+                 seed: int, defense: Defense | None = None, *, rnd: int = 0,
+                 attribute: int | None = None) -> Params:
     """The update a client shares in round ``rnd``: its gradient (FedSGD, on all local training
     data) or ``global - local`` parameters after local Adam epochs (FedAvg), then the defense's
     ``privatize_update``. A defense that ``trains`` wraps the local training
-    (:func:`_defended_update`)."""
+    (:func:`_defended_update`); one that ``reads_attribute`` is given the client's own
+    ``attribute`` (its gender, 0 = F, 1 = M) in both."""
     model = _template(x.shape[1], cfg.n_classes, cfg.dropout).train()
+    known = attribute_of(defense, attribute)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         if defense is not None and defense.tags.trains:
-            update = _defended_update(global_params, x, y, cfg, rnd, gen, defense)
+            update = _defended_update(global_params, x, y, cfg, rnd, gen, defense, known)
         elif cfg.algorithm == "fedsgd":
             params = {k: v.clone().requires_grad_(True) for k, v in global_params.items()}
             loss = F.cross_entropy(functional_call(model, params, (x,)), y)
@@ -93,12 +96,24 @@ def local_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: F
         else:
             raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")
         if defense is not None:
-            update = defense.privatize_update(update, generator=gen)
+            update = defense.privatize_update(update, generator=gen, **known)
     return update
 
 
+def attribute_of(defense: Defense | None, attribute: object) -> dict[str, object]:
+    """The keyword a hook is given for the sensitive attribute: only a defense that declares
+    ``reads_attribute`` receives it (SPEC §4a), and it must then be known."""
+    if defense is None or not defense.tags.reads_attribute:
+        return {}
+    if attribute is None:
+        raise SerbenchError(f"defense {defense.name!r} reads the client's sensitive attribute, "
+                            f"but this engine does not pass it")
+    return {"attribute": attribute}
+
+
 def _defended_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-                     rnd: int, gen: torch.Generator, defense: Defense) -> Params:
+                     rnd: int, gen: torch.Generator, defense: Defense,
+                     known: dict[str, object]) -> Params:
     """The local training of :func:`local_update` on a real module, through the defense's
     ``make_private`` (model, optimizer, loss, loader) and ``training_batch`` (every batch, at step
     ``rnd``). FedSGD: one batch of all local data; the shared gradient is the one the wrapped
@@ -115,8 +130,8 @@ def _defended_update(global_params: Params, x: torch.Tensor, y: torch.Tensor, cf
     else:
         raise ValueError(f"unknown FL algorithm {cfg.algorithm!r}")
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=gen)
-    model, opt, criterion, loader, _ = defense.make_private(
-        net, opt, nn.CrossEntropyLoss(), loader, epochs=epochs, generator=gen)
+    model, opt, criterion, loader = defense.make_private(
+        net, opt, nn.CrossEntropyLoss(), loader, epochs=epochs, generator=gen, **known)[:4]
     model.train()
     for _ in range(epochs):
         for xb, yb in loader:
@@ -241,6 +256,9 @@ def run_in_process(round_updates: RoundUpdates, x: np.ndarray, y: np.ndarray,
     data = [(xt[c.train], yt[c.train]) for c in clients]
 
     def updates(params: Params, rnd: int, ks: Sequence[int]) -> list[Params]:
+        if defense is not None and defense.tags.reads_attribute:  # each client its own gender
+            return [local_update(params, *data[k], cfg, client_seed(seed, rnd, k), defense,
+                                 rnd=rnd, attribute=int(clients[k].gender == "M")) for k in ks]
         return round_updates(params, [data[k] for k in ks], cfg,
                              [client_seed(seed, rnd, k) for k in ks], defense, rnd)
 

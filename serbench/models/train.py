@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -93,15 +93,26 @@ def fit_classifier(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
                         advance=advance, defense=defense, restore_best=restore_best)[0]
 
 
+class Defended(NamedTuple):
+    """What :func:`fit_defended` returns: the trained model, the guarantee of its training, and
+    the attacker the defense trained alongside (``Private.own_attacker``), if any."""
+
+    model: nn.Module
+    guarantee: Guarantee
+    own_attacker: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 def fit_defended(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
                  val: Validation | None = None, epochs: int = 30, lr: float = 1e-3,
                  batch_size: int = 32, weight_decay: float = 0.0, seed: int = 0,
                  advance: Advance | None = None, defense: Defense | None = None,
-                 restore_best: bool = True) -> tuple[nn.Module, Guarantee]:
+                 restore_best: bool = True, attribute: torch.Tensor | None = None,
+                 transmitted: nn.Module | None = None) -> Defended:
     """:func:`fit_classifier`, with the guarantee of the training it ran. A ``defense`` that
     ``trains`` (DP-SGD, adversarial training) wraps it: its ``make_private`` sees the model,
     optimizer, loss and a data loader and returns the guarantee of the steps taken, its
-    ``training_batch`` sees every batch."""
+    ``training_batch`` sees every batch. One that ``reads_attribute`` is also given the
+    training examples' ``attribute`` (aligned with the loader's rows) and ``transmitted``."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
@@ -109,13 +120,18 @@ def fit_defended(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     trains = defense is not None and defense.tags.trains
     spent: Callable[[], Guarantee] = Guarantee
+    own = None
     if trains:
         if len(inputs) != 1:
             raise ValueError("a defense that trains wraps single-input models only")
         loader = DataLoader(TensorDataset(*inputs, labels), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        model, opt, criterion, loader, spent = defense.make_private(
-            model, opt, BalancedCrossEntropy(class_weight), loader, epochs=epochs, generator=gen)
+        known = {"attribute": attribute, "transmitted": transmitted} \
+            if defense.tags.reads_attribute else {}
+        private = defense.make_private(model, opt, BalancedCrossEntropy(class_weight), loader,
+                                       epochs=epochs, generator=gen, **known)
+        model, opt, criterion, loader, spent = private[:5]
+        own = private.own_attacker
 
     def batches(epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         if not trains:
@@ -151,4 +167,4 @@ def fit_defended(model: nn.Module, inputs: Inputs, labels: torch.Tensor, *,
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return model.eval(), spent()
+    return Defended(model.eval(), spent(), own)
