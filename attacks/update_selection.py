@@ -111,9 +111,10 @@ class Shadow:
         work = ShadowRuns(a.recipe(ctx, shadow=True), ctx.shadow, ctx.shadow_defense, ctx.seed,
                           ctx.engine, a.probe_rounds, "inversion" in self.tried,
                           f"shadow {a.algorithm}{{what}} ({ctx.mode})", ctx.reporter)
-        if not in_process(specs, ctx.workers):
+        workers = ctx.pool_workers()
+        if not in_process(specs, workers):
             work = work.quiet()
-        return list(process_map(work, specs, workers=ctx.workers))
+        return list(process_map(work, specs, workers=workers))
 
     def weight_set(self, log: UpdateLog, stats: Stats | None = None
                    ) -> tuple[TrainingSet, Stats]:

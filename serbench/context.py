@@ -39,6 +39,13 @@ class EvalContext:
     #: per usable CPU). Every piece seeds itself, so no number depends on it.
     workers: int = 0
 
+    def pool_workers(self, *plugins: object) -> int:
+        """:attr:`workers` for work that holds this context's defenses and ``plugins``: one
+        (this process) where any was loaded from a file (:func:`serbench.registry.from_file`)."""
+        from serbench.registry import from_file
+
+        return 1 if from_file(self.defense, self.shadow_defense, *plugins) else self.workers
+
     def quiet(self) -> EvalContext:
         """This context reporting nothing: picklable, for a worker process."""
         return replace(self, target=self.target.quiet(),

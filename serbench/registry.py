@@ -32,6 +32,12 @@ def available(kind: str) -> dict[str, type[Plugin]]:
     return found
 
 
+def from_file(*plugins: object) -> bool:
+    """Whether any of ``plugins`` was loaded from a ``file.py:Class``: a worker process cannot
+    import its module by name, so work that holds it stays in this process."""
+    return any(type(p).__module__.startswith("serbench_user_") for p in plugins)
+
+
 def load_plugin(kind: str, ref: str) -> type[Plugin]:
     """The plugin class for a name or a ``file.py:ClassName`` reference."""
     path, sep, cls_name = ref.rpartition(":")

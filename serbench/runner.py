@@ -117,7 +117,7 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
             attack.fit(ctx)
     todo = {fold: left for fold in folds if (left := [m for m in modes if done[m][fold] is None])}
     job = FoldJob(attack, contexts, attack.recipe(contexts[modes[0]]), folds)
-    for fold, results in zip(todo, job.map(todo, cfg.workers)):
+    for fold, results in zip(todo, job.map(todo)):
         for mode, fold_result in results.items():
             done[mode][fold] = fold_result
             if (rows := fold_result.analyses) is not None:  # before the fold counts done
@@ -157,10 +157,11 @@ class FoldJob:
                 out[mode] = self.attack.evaluate_fold(self.contexts[mode], fold, deployed)
         return out
 
-    def map(self, todo: dict[int, list[str]], workers: int) -> Iterator[dict[str, FoldResult]]:
-        """Each fold's results, in order: in worker processes (quiet) where the attack allows
-        and there are several, else here, with progress."""
+    def map(self, todo: dict[int, list[str]]) -> Iterator[dict[str, FoldResult]]:
+        """Each fold's results, in order: in worker processes (quiet, ``--workers``) where the
+        attack allows and there are several, else here, with progress."""
         items = list(todo.items())
+        workers = next(iter(self.contexts.values())).pool_workers(self.attack)
         if not self.attack.parallel_folds:
             return map(self, items)
         job = self if in_process(items, workers) else replace(
