@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from serbench.attacks.asv import ASVAttack
 from serbench.attacks.intercept import InterceptAttack
 from serbench.defenses.mcadams import McAdams, mcadams
 from serbench.defenses.none import NoDefense
@@ -98,4 +99,5 @@ def test_released_features_are_cached_apart_and_by_the_release(tmp_path: Path) -
 
 def test_an_audio_defense_is_attacked_in_both_modes_on_every_surface() -> None:
     assert attack_modes(InterceptAttack(), McAdams()) == ["non-adaptive", "adaptive"]
+    assert attack_modes(ASVAttack(), McAdams()) == ["non-adaptive", "adaptive"]
     assert attack_modes(InterceptAttack(), NoDefense()) == ["non-adaptive"]
