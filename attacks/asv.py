@@ -135,7 +135,7 @@ class ASVAttack(Attack):
             "task": "speaker", "group": level, "speaker": trials["speaker"].to_numpy(),
             "enrolled": trials["model"].to_numpy(), "gender": trials["gender"].to_numpy(),
             "utt_id": trials["utt_id"].to_numpy(), "y_true": target.astype(int),
-            "y_pred": (scores >= eer_threshold(target, scores)).astype(int), "score": scores})
+            "y_pred": (scores >= L.eer_threshold(target, scores)).astype(int), "score": scores})
 
     def enrolment_data(self, ctx: EvalContext, level: str) -> CorpusData:
         """The target speakers' enrolment audio as the attacker has it: the original speech
@@ -203,12 +203,3 @@ class ASVAttack(Attack):
                              "speaker": table["speaker"].to_numpy(),
                              "y_true": table["gender"].map(GENDERS.index).to_numpy(),
                              "y_pred": proba.argmax(1), "score": proba[:, 1]})
-
-
-def eer_threshold(target: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold at which false acceptances and false rejections are closest: the
-    verifier's decision at its EER, recorded as the trials' ``y_pred``."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(target, scores)
-    return float(thresholds[np.argmin(np.abs((1 - tpr) - fpr))])

@@ -82,6 +82,11 @@ SWEEPS: dict[str, Sweep] = {
     "noise": Sweep("sigma", "sigma", (0.001, 0.01, 0.1, 1, 10), ("update", "representation"),
                    instead=(("update", (0.001, 0.01, 0.1, 1, 2)),)),
     "adv": Sweep("eps", "eps", (0.02, 0.05, 0.1, 0.2), ("input",)),
+    # A fixed McAdams coefficient (the default draws it per utterance in [0.5, 0.9]). Its
+    # audio reaches every track, and its default runs on each; the sweep is listed on the
+    # release track only until the lead rebuilds the others' families (a committed track's
+    # families must be whole: test_committed_families_are_whole_and_drawn_as_curves).
+    "mcadams": Sweep("alpha", "alpha", (0.5, 0.7, 0.9), ("release",)),
 }
 
 

@@ -131,6 +131,15 @@ def equal_error_rate(target: np.ndarray, scores: np.ndarray,
     return float(fpr[i - 1] + step * (fpr[i] - fpr[i - 1])), fpr, tpr
 
 
+def eer_threshold(target: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold at which false acceptances and false rejections are closest: the
+    verifier's decision at its EER (recorded with scored trials as their ``y_pred``)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(target, scores)
+    return float(thresholds[np.argmin(np.abs((1 - tpr) - fpr))])
+
+
 @dataclass(frozen=True)
 class Linkability:
     """An EER with its speaker-bootstrap CI, the trial counts behind it and its ROC."""

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from serbench import linkability as L
-from serbench.attacks.asv import ASVAttack, eer_threshold
+from serbench.attacks.asv import ASVAttack
 from serbench.config import EvalConfig
 from serbench.protocol import load_corpus
 from serbench.results import RunResult
@@ -46,7 +46,7 @@ def trial_rows(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"task": "speaker", "group": "ignorant", "speaker": trials["speaker"],
                          "enrolled": trials["model"], "gender": trials["gender"],
                          "y_true": target.astype(int),
-                         "y_pred": (scores >= eer_threshold(target, scores)).astype(int),
+                         "y_pred": (scores >= L.eer_threshold(target, scores)).astype(int),
                          "score": scores})
 
 
@@ -106,3 +106,18 @@ def test_shuffled_speaker_labels_put_the_eer_at_chance(tmp_path: Path) -> None:
     result = run(tmp_path, "shuffled", shuffle_speakers="true")
     row = result.modes[0].pooled.set_index("task").loc["speaker"]
     assert row["ci_low"] <= 0.5 <= row["ci_high"]
+
+
+def test_intercept_reports_the_intercepted_layers_eer_beside_gender(tmp_path: Path) -> None:
+    params = {"scenarios": "worst", "attackers": "generic", "epochs": 1, "target_epochs": 1,
+              "frames": 64}
+    result = run_eval(EvalConfig(attack="intercept", dataset_options=SMALL,
+                                 attack_params=params), out=tmp_path / "intercept")
+    pooled = result.modes[0].pooled.set_index("task")
+    assert result.roles["speaker@layer"] is Role.LINKABILITY
+    assert pooled.loc["speaker", "ci_method"] == TRIALS_CI and "gender" in pooled.index
+    assert 0 <= pooled.loc["speaker", "uar"] <= 1
+    # Runs recorded before the measure existed re-run without it (committed entries verify).
+    from serbench.attacks.intercept import InterceptAttack
+
+    assert InterceptAttack.as_recorded({})["linkability"] is False
