@@ -58,5 +58,5 @@ def layer_trials(ctx: EvalContext, fold: int, target: Target, layer: str, frames
     return pd.DataFrame({
         "task": "speaker", "group": "layer", "speaker": trials["speaker"].to_numpy(),
         "enrolled": trials["model"].to_numpy(), "gender": trials["gender"].to_numpy(),
-        "y_true": truth.astype(int), "y_pred": (scores >= L.eer_threshold(truth, scores)).astype(int),
-        "score": scores})
+        "y_true": truth.astype(int),
+        "y_pred": (scores >= L.eer_threshold(truth, scores)).astype(int), "score": scores})

@@ -45,7 +45,7 @@ def mcadams(wave: np.ndarray, sample_rate: int, alpha: float, *, order: int = 20
         residual = lfilter(a, [1.0], frame)
         new = lfilter([1.0], shifted_polynomial(a, alpha), residual) * window
         out[i * shift:i * shift + win_len] += new
-    peak = np.abs(out).max()  # VoicePrivacy rescales to full scale; here to the input's peak
+    peak = np.abs(out).max()  # VoicePrivacy scales to full scale; here to the input's peak
     return (out * (np.abs(wave).max() / peak if peak > 0 else 0.0)).astype(np.float32)
 
 
