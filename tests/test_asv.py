@@ -121,3 +121,14 @@ def test_intercept_reports_the_intercepted_layers_eer_beside_gender(tmp_path: Pa
     from serbench.attacks.intercept import InterceptAttack
 
     assert InterceptAttack.as_recorded({})["linkability"] is False
+
+
+def test_an_entry_keeps_what_its_eer_and_ci_are_recomputed_from() -> None:
+    from serbench.leaderboard.entry import decode_predictions, encode_predictions
+
+    rows = trial_rows().assign(seed=0, fold=1)
+    again = decode_predictions(encode_predictions(rows))
+    a, b = pooled(rows, seed=0).iloc[0], pooled(again, seed=0).iloc[0]
+    assert a["uar"] == pytest.approx(b["uar"], abs=1e-6)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((b["ci_low"], b["ci_high"]), abs=1e-3)
+    assert b["ci_method"] == TRIALS_CI
