@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# LEVEL, the two-sided level of every CI, is defined with the EER's statistics, which
+# scoring builds on (linkability imports nothing of scoring).
 from serbench.linkability import LEVEL, bootstrap_eers, equal_error_rate
+
 #: Bootstrap resamples of a CI (vectorised: a few milliseconds per measure).
 RESAMPLES = 2000
 #: False-positive rates at which the true-positive rate of a leakage attack is reported.
