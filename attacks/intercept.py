@@ -23,6 +23,7 @@ from torch import nn
 
 from serbench.analyses import AnalysisView
 from serbench.attacks.intercept_fit import Fit, Out, Score
+from serbench.attacks.layer_link import layer_trials
 from serbench.attacks.sides import FoldSides
 from serbench.context import Attack, EvalContext
 from serbench.corpora.base import GENDERS
@@ -34,6 +35,7 @@ from serbench.models.targets import CNN_FAMILIES, FAMILIES, SIZES, JointHead, bu
 from serbench.models.train import predict_proba
 from serbench.plugins import Surface
 from serbench.results import FoldResult
+from serbench.scoring import Role
 from serbench.seeds import stable_seed
 from serbench.workers import process_map
 
@@ -126,6 +128,10 @@ class InterceptAttack(Attack):
     #: attacker of its type run with it (the full-knowledge attacker may use any of them);
     #: false: T's own layers after k only (the paper's Table 1).
     worst_selects: bool = True
+    #: Also score speaker linkability from layer k (``speaker@layer``, an EER; needs shadow
+    #: speakers for its LDA backend: attacks/layer_link.py).
+    linkability: bool = True
+    added_params: ClassVar[dict[str, bool]] = {"linkability": False}
 
     def validate(self) -> None:
         if self.target not in FAMILIES:
@@ -197,9 +203,15 @@ class InterceptAttack(Attack):
         preds = run.frame(main)
         if deployed.own_attacker is not None and ctx.mode == "non-adaptive":
             preds = pd.concat([preds, run.own_frame(deployed)], ignore_index=True)
+        if self.linkability and ctx.shadow is not None:
+            trials = layer_trials(ctx, fold, deployed.target, self.k, self.frames)
+            preds = pd.concat([preds, trials], ignore_index=True).fillna({"enrolled": ""})
         analyses = self.analysis_rows(ctx, fold, run, deployed.target, main, preds) \
             if self.analyses else None
         return FoldResult(preds, deployed.privacy, deployed.accounting, analyses)
+
+    def role(self, task: str, group: str) -> Role:
+        return Role.LINKABILITY if task == "speaker" else super().role(task, group)
 
     def analysis_views(self) -> dict[str, AnalysisView]:
         return {name: ANALYSES[name] for name in _items(self.analyses, ANALYSES, "analysis")}

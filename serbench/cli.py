@@ -49,7 +49,8 @@ def eval_cmd(
         help="Corpus option KEY=VALUE, e.g. subset=improvised (repeatable). Every corpus: "
              "classes=A,B,... keeps those emotion classes, map=OLD:NEW,... renames or merges "
              "them, permute_gender=true permutes gender labels across speakers (the "
-             "real-audio null).")] = None,
+             "real-audio null), shuffle_speakers=true shuffles speaker labels across each "
+             "gender's utterances (the linkability null).")] = None,
     shadow: Annotated[Optional[str], typer.Option(
         help="Attacker's shadow data: 'disjoint' (half the target corpus's speakers, never "
              "the target's), 'none', or other dataset name(s), comma-separated.  "

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from serbench.errors import SerbenchError
-from serbench.scoring import LEVEL
 from serbench.seeds import stable_seed
 
 ENROL, TRIAL = "enrol", "trial"
+#: Two-sided level of the EER's CI (serbench.scoring's, which imports this module).
+LEVEL = 0.95
 #: Bootstrap resamples of the EER's CI (each rebuilds the trials: about 2.5 ms for 2,000 trials).
 RESAMPLES = 1000
 #: Embeddings by utterance id.
@@ -128,6 +129,15 @@ def equal_error_rate(target: np.ndarray, scores: np.ndarray,
     i = int(np.argmax(gap <= 0))
     step = gap[i - 1] / (gap[i - 1] - gap[i])
     return float(fpr[i - 1] + step * (fpr[i] - fpr[i - 1])), fpr, tpr
+
+
+def eer_threshold(target: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold at which false acceptances and false rejections are closest: the
+    verifier's decision at its EER (recorded with scored trials as their ``y_pred``)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(target, scores)
+    return float(thresholds[np.argmin(np.abs((1 - tpr) - fpr))])
 
 
 @dataclass(frozen=True)

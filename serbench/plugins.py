@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar, NamedTuple, Self, get_type_hints
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -32,6 +33,7 @@ class Surface(StrEnum):
     REPRESENTATION = "representation"  # hidden layer h_T transmitted in split computing
     UPDATE = "update"  # gradients / parameter updates shared in federated learning
     INPUT = "input"  # the model input, perturbed by adversarial examples
+    AUDIO = "audio"  # the speech itself, transformed on the device before anything reads it
 
 
 @dataclasses.dataclass
@@ -197,6 +199,7 @@ HOOKS: dict[str, Surface | str] = {
     "privatize_update": Surface.UPDATE,
     "transform_representation": Surface.REPRESENTATION,
     "transform_input": Surface.INPUT,
+    "transform_audio": Surface.AUDIO,
     "make_private": "trains",
     "training_batch": "trains",
 }
@@ -254,6 +257,14 @@ class Defense(Plugin):
     def transform_input(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """INPUT surface: transform the model input at test time (e.g. randomisation)."""
         return x
+
+    def transform_audio(self, wave: np.ndarray, sample_rate: int, *,
+                        generator: torch.Generator) -> np.ndarray:
+        """AUDIO surface: transform one utterance's float32 mono waveform on the device, before
+        features, training, transmission or release read it. Return it at the same sample rate
+        and length (``check-defense``). ``generator`` is seeded per utterance by the run's seed
+        and the audio's content, so the released audio, and its cached features, are fixed."""
+        return wave
 
     def make_private(self, model: nn.Module, optimizer: Optimizer, criterion: nn.Module,
                      loader: DataLoader, *, epochs: int, generator: torch.Generator) -> Private:

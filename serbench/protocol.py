@@ -28,8 +28,9 @@ def load_corpus(name: str, root: str | Path | None, options: dict[str, Any] | No
     """Load ``name`` and apply the options every corpus shares (:data:`SHARED_OPTIONS`, applied
     here once rather than in each loader): ``map=OLD:NEW,...`` renames
     (or merges) emotion classes, then ``classes=A,B,...`` keeps those (named after mapping),
-    and ``permute_gender=true`` relabels speakers' genders (seeded by ``seed``; see
-    :func:`permute_gender`). The classes left must number at least two, each (when
+    ``permute_gender=true`` relabels speakers' genders (seeded by ``seed``; see
+    :func:`permute_gender`) and ``shuffle_speakers=true`` shuffles speaker labels within each
+    gender (:func:`shuffle_speakers`). The classes left must number at least two, each (when
     ``check_folds``: a target's folds matter, a shadow corpus's do not) with at least one
     utterance per fold."""
     options = dict(options or {})
@@ -41,6 +42,8 @@ def load_corpus(name: str, root: str | Path | None, options: dict[str, Any] | No
     kept = _names(kept, "classes") if kept is not None else None
     permute = coerce(options.pop("permute_gender", False), bool,
                      f"dataset {name!r} option 'permute_gender'")
+    shuffle = coerce(options.pop("shuffle_speakers", False), bool,
+                     f"dataset {name!r} option 'shuffle_speakers'")
     corpus = get_corpus(name, root, **options)
     table = corpus.load()
     wanted = set(mapping) | (set(kept or ()) - set(mapping.values()))
@@ -51,6 +54,8 @@ def load_corpus(name: str, root: str | Path | None, options: dict[str, Any] | No
     table = select_classes(table, mapping, kept, f"dataset {name!r}", check_folds)
     if permute:
         table = permute_gender(table, seed)
+    if shuffle:
+        table = shuffle_speakers(table, seed)
     return CorpusData(name, table, {corpus.name: corpus.clients_per_speaker},
                       reporter or NullReporter())
 
@@ -96,6 +101,19 @@ def class_counts(table: pd.DataFrame) -> dict[str, int]:
 
 #: Separates the permutation's random stream from every other use of the run seed.
 _PERMUTE_STREAM = 0x6E756C6C  # "null"
+_SHUFFLE_STREAM = 0x73687566  # "shuf"
+
+
+def shuffle_speakers(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The linkability null (SPEC §8): speaker labels shuffled across the utterances of each
+    gender (seeded), audio untouched, so a speaker-verification EER on it is at chance. Folds
+    stay with the utterances, so a label's utterances may span folds (fine for ``asv``, whose
+    trials follow the utterances; other attacks' folds no longer hold whole speakers)."""
+    rng = stream(seed, _SHUFFLE_STREAM)
+    table = table.copy()
+    for _, rows in sorted(table.groupby("gender").groups.items()):
+        table.loc[rows, "speaker"] = rng.permutation(table.loc[rows, "speaker"].to_numpy())
+    return table
 
 
 def permute_gender(table: pd.DataFrame, seed: int) -> pd.DataFrame:

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from serbench.io import atomic_write_text
-from serbench.scoring import LEVEL, LOW_FPRS, MIS_SIGNED, RESAMPLES, Role, measure_name, signal
+from serbench.scoring import LEVEL, LOW_FPRS, MIS_SIGNED, RESAMPLES, TRIALS_CI, Role, measure_name, \
+    signal
 
 if TYPE_CHECKING:
     from serbench.results import ModeResult, RunResult
@@ -90,6 +91,10 @@ def _notes(result: RunResult) -> list[str]:
             if result.roles[measure_name(row.task, row.group)] is not Role.UNSCORED:
                 chance.setdefault(row.task, row.chance_uar)
     notes = []
+    if TRIALS_CI in methods:
+        notes.append("speaker measures: the EER of same-gender verification trials, not a UAR "
+                     "(lower is more linkable; 0.5: unlinkable), CI over speakers with the "
+                     "trials rebuilt from them")
     worst = result.worst()
     if worst is not None:
         notes.append(f"worst case: {_label(worst.measure)} ({worst.mode}) UAR {worst.uar:.3f}, "

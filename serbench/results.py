@@ -183,7 +183,8 @@ class RunDir:
         try:
             data = json.loads(path.read_text())
             preds = pd.read_csv(path.with_suffix(".predictions.csv"), keep_default_na=False,
-                                dtype={"speaker": str, "group": str, "client": str})
+                                dtype={"speaker": str, "group": str, "client": str,
+                                       "enrolled": str})
             if "score" in preds:  # empty for rows without a score (emotion)
                 preds["score"] = pd.to_numeric(preds["score"], errors="coerce")
         except (OSError, ValueError) as exc:

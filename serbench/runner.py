@@ -14,11 +14,13 @@ import pandas as pd
 
 from serbench.config import NOT_RESOLVED, EvalConfig, eval_config, write_run_config
 from serbench.context import Attack, EvalContext
+from serbench.corpora.data import CorpusData
 from serbench.deploy import Recipe, deploy
 from serbench.errors import SerbenchError
 from serbench.features.extractors import feature_spec
+from serbench.features.release import Release
 from serbench.fl import get_engine
-from serbench.plugins import Defense
+from serbench.plugins import Defense, Surface
 from serbench.progress import NullReporter, Reporter
 from serbench.protocol import DISJOINT, NO_SHADOW, class_counts, gender_permutation, load_corpus, \
     load_shadow, select_folds, split_disjoint
@@ -27,6 +29,7 @@ from serbench.report import write_markdown
 from serbench.results import FoldResult, ModeResult, RunDir, RunResult, environment, \
     write_content_hash, write_csv, write_json
 from serbench.scoring import measure_name, pooled, spread
+from serbench.seeds import release_seed
 from serbench.testing import contract_problems
 from serbench.threads import fixed_threads
 from serbench.workers import cpu_count, in_process, process_map
@@ -38,9 +41,10 @@ def attack_modes(attack: Attack, defense: Defense) -> list[str]:
     (:attr:`Attack.shadow_trains_with_defense`: the FL attacks' shadow clients). Otherwise the
     adaptive attacker simulates nothing the non-adaptive one lacks, so the run attacks once
     (as for ``none``): e.g. ``udp`` against intercept, ``adv`` against intercept or ``dpsgd``
-    against the input attacks, whose attackers read the deployed T itself."""
-    if attack.surface in defense.surfaces or (defense.tags.trains
-                                              and attack.shadow_trains_with_defense):
+    against the input attacks, whose attackers read the deployed T itself. A defense of the
+    audio surface changes what every other surface carries, so it is attacked in both."""
+    if attack.surface in defense.surfaces or Surface.AUDIO in defense.surfaces or (
+            defense.tags.trains and attack.shadow_trains_with_defense):
         return ["non-adaptive", "adaptive"]
     return ["non-adaptive"]
 
@@ -58,6 +62,15 @@ def build_plugins(cfg: EvalConfig) -> tuple[Attack, Defense]:
         raise SerbenchError(f"attack {attack.name!r} needs {' or '.join(attack.feature_kinds)} "
                             f"features; {features!r} gives {feature_spec(features).kind}")
     return attack, defense
+
+
+def attacker_shadow(shadow: CorpusData | None, simulated: Defense,
+                    seed: int) -> CorpusData | None:
+    """The attacker's shadow data as it runs ``simulated`` (the adaptive mode's public defense)
+    on it: an AUDIO-surface defense transforms the shadow audio, with the attacker's own draws."""
+    if shadow is None or Surface.AUDIO not in simulated.surfaces:
+        return shadow
+    return shadow.released(Release(simulated, release_seed(seed, "attacker")))
 
 
 def default_out(cfg: EvalConfig) -> Path:
@@ -86,6 +99,9 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     elif cfg.shadow != NO_SHADOW:
         shadow = load_shadow(cfg.shadow.split(","), cfg.shadow_root, cfg.dataset, reporter)
         shadow.features(features)
+    if Surface.AUDIO in defense.surfaces:  # every stage reads the audio the device released
+        target = target.released(Release(defense, release_seed(cfg.seed, "device")))
+        target.features(features)
     folds = [f for f in folds if f in set(target.table["fold"])]  # folds left to the target
     resolved = {k: v for k, v in asdict(cfg).items() if k not in NOT_RESOLVED} | {
         "features": features, "folds": folds,
@@ -106,9 +122,11 @@ def _run_eval(cfg: EvalConfig, out: Path | None, reporter: Reporter) -> RunResul
     none = load_plugin("defense", "none")()
     # Defenses are public (Kerckhoffs): the adaptive attacker simulates a clone of the deployed
     # defense (same parameters, its own state), as scikit-learn's clone would give it.
-    contexts = {mode: EvalContext(target, shadow, defense,
-                                  dataclasses.replace(defense) if mode == "adaptive" else none,
-                                  features, cfg.seed, mode, reporter, cfg.engine, cfg.workers)
+    simulated = {mode: dataclasses.replace(defense) if mode == "adaptive" else none
+                 for mode in modes}
+    contexts = {mode: EvalContext(target, attacker_shadow(shadow, simulated[mode], cfg.seed),
+                                  defense, simulated[mode], features, cfg.seed, mode, reporter,
+                                  cfg.engine, cfg.workers)
                 for mode in modes}
     done = {mode: {f: run_dir.load_fold(mode, f) for f in folds} for mode in modes}
     for mode, ctx in contexts.items():

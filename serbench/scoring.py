@@ -22,13 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: Two-sided level of every CI.
-LEVEL = 0.95
+# LEVEL, the two-sided level of every CI, is defined with the EER's statistics, which
+# scoring builds on (linkability imports nothing of scoring).
+from serbench.linkability import LEVEL, bootstrap_eers, equal_error_rate
+
 #: Bootstrap resamples of a CI (vectorised: a few milliseconds per measure).
 RESAMPLES = 2000
 #: False-positive rates at which the true-positive rate of a leakage attack is reported.
 LOW_FPRS = (0.01, 0.10)
 SPEAKER_CI = "speaker bootstrap"
+TRIALS_CI = "speaker bootstrap, trials rebuilt"
 UTTERANCE_CI = "utterance bootstrap"
 
 
@@ -181,10 +184,39 @@ def _has_scores(frame: pd.DataFrame) -> bool:
     return "score" in frame and pd.to_numeric(frame["score"], errors="coerce").notna().all()
 
 
+def is_trials(frame: pd.DataFrame) -> bool:
+    """Whether the rows are speaker-verification trials (SPEC §6's linkability): each names
+    the ``enrolled`` speaker it is scored against, ``y_true`` says same speaker, ``score`` is
+    the verifier's score. Their measure is an EER, not a UAR."""
+    return "enrolled" in frame and len(frame) > 0 and (frame["enrolled"].astype(str) != "").all()
+
+
+def _trials(frame: pd.DataFrame) -> pd.DataFrame:
+    """Trial rows in :mod:`serbench.linkability`'s columns."""
+    return pd.DataFrame({"model": frame["enrolled"].astype(str).to_numpy(),
+                         "speaker": frame["speaker"].astype(str).to_numpy(),
+                         "gender": frame["gender"].to_numpy(),
+                         "target": frame["y_true"].astype(bool).to_numpy()})
+
+
+def value(frame: pd.DataFrame) -> float:
+    """A measure's value (the ``uar`` of tables and entries): the UAR of its predictions, or
+    the EER of verification trials (:func:`is_trials`; lower is more linkable)."""
+    if is_trials(frame):
+        return equal_error_rate(frame["y_true"].astype(bool).to_numpy(),
+                                frame["score"].astype(float).to_numpy())[0]
+    return uar(frame["y_true"].to_numpy(), frame["y_pred"].to_numpy())
+
+
 def ci(frame: pd.DataFrame, seed: int, level: float = LEVEL,
        resamples: int = RESAMPLES) -> tuple[float, float, str]:
-    """The CI of one measure's pooled UAR and the method used: over speakers when the rows
-    name them, else (legacy entries only) over predictions."""
+    """The CI of one measure's pooled value and the method used: over speakers when the rows
+    name them (trials rebuilt from the drawn speakers for an EER), else (legacy entries only)
+    over predictions."""
+    if is_trials(frame):
+        eers = bootstrap_eers(_trials(frame), frame["score"].astype(float).to_numpy(),
+                              seed=seed, resamples=resamples)
+        return (*_quantiles(eers, level), TRIALS_CI)
     y_true, y_pred = frame["y_true"].to_numpy(), frame["y_pred"].to_numpy()
     if _has_speakers(frame):
         return (*speaker_bootstrap(y_true, y_pred, frame["speaker"].to_numpy(), seed=seed,
@@ -202,7 +234,7 @@ def pooled(predictions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         row: dict[str, Any] = {
             "task": task, "group": group, "n": len(frame),
             "speakers": int(frame["speaker"].nunique()) if _has_speakers(frame) else None,
-            "uar": uar(y_true, y_pred), "ci_low": lo, "ci_high": hi, "ci_method": method,
+            "uar": value(frame), "ci_low": lo, "ci_high": hi, "ci_method": method,
             "acc": accuracy(y_true, y_pred),
             "majority": float(np.bincount(y_true).max() / len(y_true)),
             "chance_uar": 1.0 / len(np.unique(y_true))}
@@ -224,7 +256,7 @@ def measure_metrics(predictions: pd.DataFrame) -> dict[str, float]:
         name = measure_name(task, group)
         y_true, y_pred = rows["y_true"].to_numpy(), rows["y_pred"].to_numpy()
         if len(np.unique(y_true)) > 1:
-            metrics[f"{name}.uar"] = uar(y_true, y_pred)
+            metrics[f"{name}.uar"] = value(rows)
         metrics[f"{name}.acc"] = accuracy(y_true, y_pred)
     return metrics
 
@@ -259,8 +291,7 @@ def worst_case(cells: dict[tuple[str, str], pd.DataFrame], role: Role,
     scored = {key: frame for key, frame in cells.items() if len(frame)}
     if not scored:
         return None
-    values = {key: uar(f["y_true"].to_numpy(), f["y_pred"].to_numpy())
-              for key, f in scored.items()}
+    values = {key: value(f) for key, f in scored.items()}
     pick = max if role.higher_is_worse else min
     key = pick(values, key=values.get)
     k = len(values)

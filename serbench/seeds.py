@@ -50,3 +50,10 @@ def shadow_run_seeds(seed: int, run: int) -> tuple[int, int]:
     first starts from the server's initialisation, the others from their own."""
     init = seed if run == 0 else seed + SHADOW_INIT_OFFSET + run
     return seed + SHADOW_OFFSET + run, init
+
+
+def release_seed(seed: int, who: str) -> int:
+    """The seed of an AUDIO-surface defense's per-utterance draws: the device's release
+    (``who="device"``) and the attacker's own runs of the public defense (``"attacker"``),
+    which never share the device's draws."""
+    return stable_seed(seed, "release", who)

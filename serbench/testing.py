@@ -5,7 +5,7 @@ the defense at its defaults and reports one line per failure. The checks are wha
 relies on: a defense does what its tags declare and no more (a hook of an undeclared surface
 would escape the adaptive attacker; a transform that varies with its generator escapes the
 non-EOT attacks' rules unless it is ``randomized``), parameters that round-trip (runs and
-entries record them), transforms that keep shapes and dtypes, randomness drawn only from the given generator (same seed, same numbers;
+entries record them), transforms that keep shapes and dtypes (audio: its length and sample rate, finite), randomness drawn only from the given generator (same seed, same numbers;
 no global RNG touched), a defense that pickles (the Flower engines ship it to clients), and
 one-line errors for bad parameters.
 """
@@ -159,7 +159,32 @@ def _transforms(defense: Defense, whole_update: bool = True
             x.clone(), generator=g)
     if Surface.INPUT in defense.surfaces:
         out["transform_input"] = lambda g: defense.transform_input(x.clone(), generator=g)
+    if Surface.AUDIO in defense.surfaces:
+        out["transform_audio"] = lambda g: torch.from_numpy(np.asarray(defense.transform_audio(
+            _test_audio(), AUDIO_RATE, generator=g), dtype=np.float32))
     return out
+
+
+#: The sample rate of :func:`_test_audio`: a transform returns audio at the rate it was given,
+#: so audio of another rate shows as another length.
+AUDIO_RATE = 16_000
+
+
+def _test_audio() -> np.ndarray:
+    """One second of a voiced-like test signal: harmonics of 120 Hz with a little noise."""
+    t = np.arange(AUDIO_RATE) / AUDIO_RATE
+    harmonics = sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 30))
+    noise = np.random.default_rng(3).normal(0, 0.01, AUDIO_RATE)
+    return (0.1 * harmonics + noise).astype(np.float32)
+
+
+def _reference(name: str) -> list[torch.Tensor]:
+    """What a transform's output must match in shape and dtype (its input, for most)."""
+    if name == "client update":
+        return _tensors(_client_update(NoDefense(), torch.Generator().manual_seed(7)))
+    if name == "transform_audio":
+        return [torch.from_numpy(_test_audio())]
+    return [torch.randn(4, 1, 8, 20, generator=torch.Generator().manual_seed(1))]
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -205,17 +230,20 @@ def _checks(cls: type[Defense]) -> Iterator[Check]:
         except Exception as exc:  # a user's hook: report it as a failed check
             yield Check(name, False, f"raised {type(exc).__name__}: {exc}")
             continue
-        reference = _tensors(_client_update(NoDefense(), torch.Generator().manual_seed(7))
-                             if name == "client update" else
-                             torch.randn(4, 1, 8, 20, generator=torch.Generator().manual_seed(1)))
-        got = _tensors(first)
+        reference, got = _reference(name), _tensors(first)
         shaped = len(got) == len(reference) and all(
             isinstance(g, torch.Tensor) and g.shape == r.shape and g.dtype == r.dtype
             for g, r in zip(got, reference))
-        yield Check(f"{name} keeps shapes and dtypes", shaped,
+        rule = "keeps the length and sample rate" if name == "transform_audio" else \
+            "keeps shapes and dtypes"
+        yield Check(f"{name} {rule}", shaped,
                     "" if shaped else f"returned {[tuple(g.shape) for g in got]} "
                                       f"{[g.dtype for g in got]} for "
                                       f"{[tuple(r.shape) for r in reference]}")
+        if name == "transform_audio":
+            finite = bool(torch.isfinite(got[0]).all())
+            yield Check(f"{name} returns finite audio", finite,
+                        "" if finite else "its output holds NaN or infinite samples")
         same = all(torch.equal(a, b) for a, b in zip(got, _tensors(second)))
         yield Check(f"{name} is deterministic under its generator", same,
                     "" if same else "two calls with generators of the same seed differ")

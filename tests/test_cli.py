@@ -38,8 +38,9 @@ def tone(path: Path) -> str:
 
 
 @pytest.mark.parametrize("option, value, fragment", [
-    ("--attack", "nope", "valid: autoattack, eot-pgd, fedavg, fedsgd, fgsm, intercept, pgd"),
-    ("--defense", "nope", "valid: adv, dpsgd, grl, noise, none, prune, recup, udp, udp-ref"),
+    ("--attack", "nope", "valid: asv, autoattack, eot-pgd, fedavg, fedsgd, fgsm, intercept, pgd"),
+    ("--defense", "nope",
+     "valid: adv, dpsgd, grl, mcadams, noise, none, prune, recup, udp, udp-ref"),
     ("--dataset", "nope", "valid: crema-d, iemocap, manifest, msp-improv, ravdess, synth"),
     ("--features", "nope", "valid: egemaps, emobase"),
 ])

@@ -21,8 +21,9 @@ CORPORA: dict[str, type[Corpus]] = {
 
 #: Options every corpus takes (serbench.protocol.load_corpus applies them): emotion classes
 #: kept (``classes=A,B``; ``classes=8`` is RAVDESS's and CREMA-D's own label map), renamed
-#: (``map=OLD:NEW``), and the real-audio null (``permute_gender=true``).
-SHARED_OPTIONS = ("classes", "map", "permute_gender")
+#: (``map=OLD:NEW``), the real-audio null (``permute_gender=true``) and the linkability null
+#: (``shuffle_speakers=true``).
+SHARED_OPTIONS = ("classes", "map", "permute_gender", "shuffle_speakers")
 
 
 def get_corpus(name: str, root: str | Path | None = None, **options: Any) -> Corpus:

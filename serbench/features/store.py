@@ -1,7 +1,9 @@
 """Feature extraction for a whole corpus table, cached on disk by audio content and parameters.
 
 The cache key is the SHA-1 of the audio file's bytes plus :attr:`FeatureSpec.key`, so renamed
-or moved files reuse their features and edited files never do. Misses are computed in worker
+or moved files reuse their features and edited files never do. Features of released audio (an
+AUDIO-surface defense's transformation, :class:`~serbench.features.release.Release`) are kept
+under the release's key, by the *source* file's digest: a hit skips the transformation too. Misses are computed in worker
 processes (openSMILE is single-threaded) and written atomically.
 
 The cache checks what it reads: an entry is the array as ``.npy`` followed by the SHA-256 of
@@ -25,6 +27,7 @@ from serbench.cache import cache_lock, serbench_cache_dir
 from serbench.corpora.audio import SAMPLE_RATE, load_audio
 from serbench.faults import warn
 from serbench.features.extractors import FeatureSpec, compute, logmel_model as _logmel_model
+from serbench.features.release import Release
 from serbench.io import atomic_path
 from serbench.workers import process_map
 
@@ -38,9 +41,18 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def _extract_one(args: tuple[FeatureSpec, str, str]) -> tuple[str, np.ndarray, OSError | None]:
-    spec, path, target = args
-    values = compute(spec, load_audio(path), SAMPLE_RATE)
+def load_released(path: str | Path, release: Release | None, digest: str | None = None
+                  ) -> np.ndarray:
+    """The audio of ``path`` as ``release`` makes it (the file itself without one)."""
+    wave = load_audio(path)
+    if release is None:
+        return wave
+    return release.apply(wave, SAMPLE_RATE, digest or file_digest(path))
+
+
+def _extract_one(args: Job) -> tuple[str, np.ndarray, OSError | None]:
+    spec, path, target, release = args
+    values = compute(spec, load_released(path, release, Path(target).stem), SAMPLE_RATE)
     return path, values, save_entry(Path(target), values)
 
 
@@ -79,26 +91,29 @@ def read_entry(target: Path) -> np.ndarray:
 
 
 def extract(paths: Sequence[str], spec: FeatureSpec, *, workers: int | None = None,
-            cache_dir: Path | None = None, progress: Progress | None = None) -> list[np.ndarray]:
-    """Features of every file in ``paths`` (in order), computing only the cache misses and the
-    entries that fail their check."""
-    root = (cache_dir or serbench_cache_dir()) / "features" / spec.key
+            cache_dir: Path | None = None, progress: Progress | None = None,
+            release: Release | None = None) -> list[np.ndarray]:
+    """Features of every file in ``paths`` (in order), as ``release`` transforms it if given,
+    computing only the cache misses and the entries that fail their check."""
+    key = spec.key if release is None else f"{spec.key}/{release.key}"
+    root = (cache_dir or serbench_cache_dir()) / "features" / key
     targets = [root / f"{file_digest(p)}.npy" for p in paths]
     out: dict[str, np.ndarray] = {}
     faults = _CacheFaults(root)
-    todo = _load_cached(paths, targets, out, spec, progress, faults)
+    todo = _load_cached(paths, targets, out, spec, progress, faults, release)
     if todo:
         # Another run may be computing them; a cache that cannot hold the lock is not shared.
-        with cache_lock(f"features-{spec.key}", cache_dir) as lock_error:
+        with cache_lock(f"features-{key.replace('/', '-')}", cache_dir) as lock_error:
             if lock_error is not None:
                 faults.unwritable(lock_error)
             todo = _load_cached([t[1] for t in todo], [Path(t[2]) for t in todo], out, spec,
-                                progress, faults)
+                                progress, faults, release)
             _compute(todo, out, spec, workers, progress, faults)
     return [out[p] for p in paths]
 
 
-Job = tuple[FeatureSpec, str, str]  #: (spec, audio path, cache file) of one extraction
+#: (spec, audio path, cache file, release) of one extraction
+Job = tuple[FeatureSpec, str, str, Release | None]
 
 
 class _CacheFaults:
@@ -132,7 +147,8 @@ class _CacheFaults:
 
 
 def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, np.ndarray],
-                 spec: FeatureSpec, progress: Progress | None, faults: _CacheFaults) -> list[Job]:
+                 spec: FeatureSpec, progress: Progress | None, faults: _CacheFaults,
+                 release: Release | None = None) -> list[Job]:
     """Load the cached entries into ``out``; the misses and the entries that fail their check
     as extraction jobs."""
     todo, corrupt = [], {}
@@ -140,12 +156,12 @@ def _load_cached(paths: Sequence[str], targets: Sequence[Path], out: dict[str, n
         try:
             out[path] = read_entry(target)
         except FileNotFoundError:
-            todo.append((spec, path, str(target)))
+            todo.append((spec, path, str(target), release))
             continue
         except (OSError, ValueError) as exc:
             corrupt[target] = exc.strerror if isinstance(exc, OSError) and exc.strerror \
                 else str(exc)
-            todo.append((spec, path, str(target)))
+            todo.append((spec, path, str(target), release))
             continue
         if progress:
             progress(1)
@@ -172,7 +188,7 @@ def _compute(todo: list[Job], out: dict[str, np.ndarray], spec: FeatureSpec,
 LOGMEL_BATCH = 64
 
 
-def _logmel_batched(todo: list[tuple[FeatureSpec, str, str]], out: dict[str, np.ndarray],
+def _logmel_batched(todo: list[Job], out: dict[str, np.ndarray],
                     progress: Progress | None, faults: _CacheFaults) -> None:
     """Log-mel of the cache misses in this process, waveforms of equal length as one batched
     STFT: a batch is never padded, so every file gets the numbers it would get alone, without
@@ -190,8 +206,8 @@ def _logmel_batched(todo: list[tuple[FeatureSpec, str, str]], out: dict[str, np.
             if progress:
                 progress(1)
 
-    for _, path, target in todo:
-        wave = load_audio(path)
+    for _, path, target, release in todo:
+        wave = load_released(path, release, Path(target).stem)
         group = pending.setdefault(len(wave), [])
         group.append((path, target, wave))
         if len(group) == LOGMEL_BATCH or sum(map(len, pending.values())) >= 4 * LOGMEL_BATCH:

@@ -25,8 +25,8 @@ import pandas as pd
 
 from serbench.errors import SerbenchError
 from serbench.leaderboard.tracks import TRACKS, Track
-from serbench.scoring import LOW_FPRS, Role, measure_metrics, measure_name, pooled, spread, uar, \
-    worst_case
+from serbench.scoring import LOW_FPRS, Role, is_trials, measure_metrics, measure_name, pooled, \
+    spread, uar, worst_case
 
 #: The ROC statistics of a leakage measure with scores.
 ROC = ("auc", *(f"tpr_at_{f:g}_fpr" for f in LOW_FPRS))
@@ -230,6 +230,9 @@ def encode_predictions(frame: pd.DataFrame) -> list[dict[str, Any]]:
             scores = pd.to_numeric(rows["score"], errors="coerce")
             if scores.notna().all():
                 record["scores"] = [round(float(v), 6) for v in scores]
+        if is_trials(rows):  # an EER: its CI rebuilds the trials from resampled speakers
+            record["enrolled"] = rows["enrolled"].astype(str).tolist()
+            record["genders"] = rows["gender"].astype(str).tolist()
         records.append(record)
     return records
 
@@ -239,7 +242,8 @@ def decode_predictions(records: list[dict[str, Any]]) -> pd.DataFrame:
     records hold them, ``speaker`` and ``score`` (built column-wise: an entry holds ~10⁵ rows)."""
     columns: dict[str, list[Any]] = {k: [] for k in ("seed", "fold", "task", "group")}
     labels: dict[str, list[np.ndarray]] = {"y_true": [], "y_pred": []}
-    optional: dict[str, list[Any]] = {"speakers": [], "scores": []}
+    optional: dict[str, list[Any]] = {"speakers": [], "scores": [], "enrolled": [],
+                                      "genders": []}
     for r in records:
         n = len(r["y_true"])
         task, _, group = r["measure"].partition("@")
@@ -255,11 +259,12 @@ def decode_predictions(records: list[dict[str, Any]]) -> pd.DataFrame:
             values.append(r.get(key))
     frame = pd.DataFrame({**{k: np.concatenate(v) for k, v in columns.items()},
                           **{k: np.concatenate(v) for k, v in labels.items()}})
-    for key, column in (("speakers", "speaker"), ("scores", "score")):
+    for key, column, missing in (("speakers", "speaker", np.nan), ("scores", "score", np.nan),
+                                 ("enrolled", "enrolled", ""), ("genders", "gender", "")):
         parts = optional[key]
         if any(p is not None for p in parts):
             frame[column] = [x for p, r in zip(parts, records)
-                             for x in (p if p is not None else [np.nan] * len(r["y_true"]))]
+                             for x in (p if p is not None else [missing] * len(r["y_true"]))]
     return frame
 
 

@@ -72,7 +72,7 @@ def load_run(path: Path) -> Run:
     read = lambda name: json.loads((path / name).read_text())  # noqa: E731
     return Run(path, read("config.json"), read("summary.json"), read("environment.json"),
                pd.read_csv(path / "predictions.csv", keep_default_na=False,
-                           dtype={"speaker": str, "group": str}),
+                           dtype={"speaker": str, "group": str, "enrolled": str}),
                hashlib.sha256(stated.encode()).hexdigest())
 
 

@@ -42,6 +42,9 @@ TRACKS = {
     # AutoAttack (ART) is RobustBench's standard; its worst case can only lower eot-pgd's.
     "input": Track("input", ("fgsm", "pgd", "eot-pgd", "autoattack"), Role.ROBUST,
                    "worst-case robust UAR"),
+    # Released speech (SPEC surface 4): the headline is the lowest speaker-verification EER
+    # over asv's attacker levels and modes; gender@released and both emotion UARs are beside it.
+    "release": Track("release", ("asv",), Role.LINKABILITY, "worst-case EER"),
 }
 
 
