@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from serbench.corpora.data import CorpusData
-from serbench.plugins import Defense, Plugin, Surface
+from serbench.plugins import Defense, Plugin, Surface, from_file
 from serbench.progress import NullReporter, Reporter
 from serbench.scoring import Role
 
@@ -41,8 +41,7 @@ class EvalContext:
 
     def pool_workers(self, *plugins: object) -> int:
         """:attr:`workers` for work that holds this context's defenses and ``plugins``: one
-        (this process) where any was loaded from a file (:func:`serbench.registry.from_file`)."""
-        from serbench.registry import from_file
+        (this process) where any was loaded from a file (:func:`serbench.plugins.from_file`)."""
 
         return 1 if from_file(self.defense, self.shadow_defense, *plugins) else self.workers
 

@@ -36,6 +36,16 @@ class Surface(StrEnum):
     AUDIO = "audio"  # the speech itself, transformed on the device before anything reads it
 
 
+#: The prefix of the module a plugin loaded from a ``file.py:Class`` reference lives in.
+USER_MODULES = "serbench_user_"
+
+
+def from_file(*plugins: object) -> bool:
+    """Whether any of ``plugins`` was loaded from a ``file.py:Class``: a worker process cannot
+    import its module by name, so work that holds it stays in this process."""
+    return any(type(p).__module__.startswith(USER_MODULES) for p in plugins)
+
+
 @dataclasses.dataclass
 class Plugin:
     """Parameters as dataclass fields; ``name`` and ``summary`` identify the plugin."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from serbench.errors import SerbenchError, unknown_name
 from serbench.context import Attack
-from serbench.plugins import Defense, Plugin
+from serbench.plugins import USER_MODULES, Defense, Plugin
 
 BASES: dict[str, type[Plugin]] = {"attack": Attack, "defense": Defense}
 
@@ -30,12 +30,6 @@ def available(kind: str) -> dict[str, type[Plugin]]:
         except SerbenchError:
             continue
     return found
-
-
-def from_file(*plugins: object) -> bool:
-    """Whether any of ``plugins`` was loaded from a ``file.py:Class``: a worker process cannot
-    import its module by name, so work that holds it stays in this process."""
-    return any(type(p).__module__.startswith("serbench_user_") for p in plugins)
 
 
 def load_plugin(kind: str, ref: str) -> type[Plugin]:
@@ -59,7 +53,7 @@ def load_plugin(kind: str, ref: str) -> type[Plugin]:
 def _from_file(kind: str, path: Path, cls_name: str) -> type[Plugin]:
     if not path.is_file():
         raise SerbenchError(f"{kind} file {path} does not exist")
-    module_name = f"serbench_user_{kind}_{path.stem}"
+    module_name = f"{USER_MODULES}{kind}_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses resolve annotations through sys.modules
