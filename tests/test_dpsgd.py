@@ -126,10 +126,10 @@ def test_fast_clipping_equals_opacus_per_example_gradients() -> None:
                 max_grad_norm=0.5, noise_generator=noise)
             criterion = BalancedCrossEntropy(weight)
         else:
-            model, opt, criterion, loader, _ = DPSGD(
+            model, opt, criterion, loader = DPSGD(
                 epsilon=None, noise_multiplier=1.0, max_grad_norm=0.5
             ).make_private(net, opt, BalancedCrossEntropy(weight), loader, epochs=2,
-                           generator=noise)
+                           generator=noise)[:4]
         model.train()
         for _ in range(2):
             for xb, yb in loader:

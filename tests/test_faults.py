@@ -342,7 +342,7 @@ import errno, json, os, pathlib, signal, sys, time
 import serbench.leaderboard.submit as submit
 _entry = json.loads(pathlib.Path(os.environ["SERBENCH_TEST_ENTRY"]).read_text())
 submit.load_run = lambda path: path
-submit.build_entry = lambda runs, name, allow_reduced: dict(_entry, name=name)
+submit.build_entry = lambda runs, name, allow_reduced, home: dict(_entry, name=name)
 _write_text = pathlib.Path.write_text
 def _halfway(self, data, *args, **kwargs):
     if str(self).startswith(os.environ["SERBENCH_TEST_FAULT_DIR"]) and \\

@@ -171,9 +171,9 @@ def test_udp_ref_clips_the_batch_gradient_before_each_step() -> None:
         net = nn.Linear(8, 2)
         start = [p.detach().clone() for p in net.parameters()]
         loader = DataLoader(TensorDataset(torch.zeros(4, 8), torch.zeros(4, dtype=torch.long)))
-        _, opt, _, _, _ = ref.make_private(net, torch.optim.SGD(net.parameters(), lr=1.0),
-                                        nn.CrossEntropyLoss(), loader, epochs=1,
-                                        generator=torch.Generator().manual_seed(0))
+        opt = ref.make_private(net, torch.optim.SGD(net.parameters(), lr=1.0),
+                               nn.CrossEntropyLoss(), loader, epochs=1,
+                               generator=torch.Generator().manual_seed(0)).optimizer
         x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
         (scale * net(x).pow(2).sum()).backward()
         raw = torch.sqrt(sum(p.grad.pow(2).sum() for p in net.parameters()))

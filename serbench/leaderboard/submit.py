@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from serbench.errors import SerbenchError
-from serbench.leaderboard.entry import CORPUS_PATHS, EPSILONS, SCHEMA_VERSION, board_home, \
+from serbench.leaderboard.entry import CORPUS_PATHS, EPSILONS, SCHEMA_VERSION, \
     compute_results, describe_deviations, encode_predictions, entry_path, portable_config, \
     validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
@@ -185,8 +185,10 @@ def merge_accounting(runs: list[Run]) -> dict[str, Any]:
     return out
 
 
-def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, Any]:
-    """The entry of ``runs``, once they pass every check of the standard protocol."""
+def build_entry(runs: list[Run], name: str, allow_reduced: bool, home: Path | None = None
+                ) -> dict[str, Any]:
+    """The entry of ``runs``, once they pass every check of the standard protocol; with
+    ``home`` (:func:`~serbench.leaderboard.entry.board_home`), its corpus paths relative to it."""
     from serbench.registry import load_plugin
 
     _check_shared(runs)
@@ -215,17 +217,13 @@ def build_entry(runs: list[Run], name: str, allow_reduced: bool) -> dict[str, An
                      "shadow": first["shadow"], "dataset_options": first["dataset_options"],
                      "features": {r.attack: r.config["features"] for r in runs}},
         "runs": [{"attack": r.attack, "seed": r.seed, "content_hash": r.content_hash,
-                  "config": r.config, "environment": r.environment} for r in runs],
+                  "config": r.config if home is None else portable_config(
+                      r.config, _absolute_config(r.path), home),
+                  "environment": r.environment} for r in runs],
         "predictions": predictions, "extras": extras, "accounting": merge_accounting(runs),
         "roles": {r.attack: r.summary["measures"] for r in runs},
     }
     return data | compute_results(data)
-
-
-def _ordered(run_dirs: list[Path], entry: dict[str, Any]) -> list[Path]:
-    """``run_dirs`` in the order of the entry's runs (matched by their content hashes)."""
-    by_hash = {load_run(p).content_hash: p for p in run_dirs}
-    return [by_hash[r["content_hash"]] for r in entry["runs"]]
 
 
 def _absolute_config(run_dir: Path) -> dict[str, Any]:
@@ -240,11 +238,10 @@ def submit(run_dirs: list[Path], name: str, directory: Path, allow_reduced: bool
            replace: bool = False) -> Path:
     """Check the runs, build their entry, and write it to ``directory``."""
     validate_name(name)
-    entry = build_entry([load_run(p) for p in run_dirs], name, allow_reduced)
+    # The board's home: corpus paths are recorded relative to it (entry.board_home).
+    home = directory.absolute().parent
+    entry = build_entry([load_run(p) for p in run_dirs], name, allow_reduced, home)
     path = entry_path(directory, entry)
-    for recorded, run_dir in zip(entry["runs"], _ordered(run_dirs, entry), strict=True):
-        recorded["config"] = portable_config(recorded["config"], _absolute_config(run_dir),
-                                             board_home(path))
     if path.exists() and not replace:
         raise SerbenchError(f"{path} exists; choose another --name or pass --replace")
     validate(entry, str(path))
