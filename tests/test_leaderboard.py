@@ -352,7 +352,7 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -
     built_in = {ep.name for ep in entry_points(group="serbench.defenses")
                 if ep.value.startswith("serbench.defenses.")}
     assert {"none", "udp", "udp-ref", "noise", "dpsgd", "adv"} <= built_in
-    unbuilt = []
+    unbuilt, waiting = [], set()
     on_board = {json.loads(p.read_text())["defense"]["name"]
                 for p in (REPO / "leaderboards").glob("*/*/*.json")}
     newer = built_in - on_board  # built-in defenses added since the board was built
@@ -367,23 +367,29 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -
             # A track rebuilt since issue 11 (any version 2 entry) holds udp-ref too.
             rebuilt = any(e["schema_version"] >= 2 for e in entries)
             expected = built_in if rebuilt else built_in - {"udp-ref"}
+            if surface == "release":  # only a defense that transforms the audio acts there
+                expected = {d for d in expected if d == "none" or "audio" in
+                            load_plugin("defense", d).tags.surfaces}
+            waiting |= {f"{corpus}/{surface}/{d}" for d in expected & pending(entries)}
             expected -= pending(entries)
             assert {e["defense"]["name"] for e in entries} >= expected, (corpus, surface)
             assert all(e["standard"] for e in entries), (corpus, surface)
-    if unbuilt or newer:
+    if unbuilt or newer or waiting:
         pytest.skip(f"not yet on the committed board: tracks {', '.join(unbuilt) or '-'}, "
-                    f"defenses {', '.join(sorted(newer)) or '-'} "
+                    f"defenses {', '.join(sorted(newer)) or '-'}, entries "
+                    f"{', '.join(sorted(waiting)) or '-'} "
                     f"(python leaderboards/baselines.py --track ... --defense ...)")
 
 
 #: Issue 24's defenses: their entries are built after the merge (a track holds all of them or,
 #: until it is rebuilt, none).
-ISSUE_24 = frozenset({"prune", "grl", "recup"})
+ISSUE_24 = frozenset({"prune", "grl", "recup", "mcadams"})
 
 
 def pending(entries: list[dict]) -> frozenset[str]:
-    """The issue-24 defenses a track's ``entries`` may still lack: all, until it holds one."""
-    return ISSUE_24 if not ISSUE_24 & {e["defense"]["name"] for e in entries} else frozenset()
+    """The issue-24 defenses a track's ``entries`` still lack (built track by track; the
+    baselines check names each one it waits for)."""
+    return ISSUE_24 - {e["defense"]["name"] for e in entries}
 
 
 def committed_families() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
