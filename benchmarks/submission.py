@@ -58,18 +58,14 @@ def main() -> None:
     baselines.add_run_options(parser)
     parser.add_argument("--defense", required=True, help="the defense, at its defaults")
     parser.add_argument("--seed", action="append", type=int, help="seed(s) (default: 0 and 1)")
-    parser.add_argument("--workers", type=int,
-                        help="worker processes inside each run: --attack-param workers=N for "
-                             "the attacks that take it")
     parser.add_argument("--tmp-dir", type=Path,
                         help="where the fresh runs directory is made (default: the system's; "
                              "with --ray ADDRESS a path every machine shares)")
     parser.add_argument("--keep", action="store_true", help="keep the runs and entries")
     args = parser.parse_args()
 
-    params = tuple(args.attack_param) + ((f"workers={args.workers}",) if args.workers else ())
     opts = baselines.Options(args.dataset, args.data_root, tuple(args.seed or [0, 1]), None,
-                             tuple(args.dataset_option), params)
+                             tuple(args.dataset_option), tuple(args.attack_param), args.workers)
     tmp = Path(tempfile.mkdtemp(prefix="serbench-submission-", dir=args.tmp_dir))
     failed: list[str] = []
     try:

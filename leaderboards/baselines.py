@@ -149,6 +149,7 @@ class Options:
     #: KEY=VALUE: the corpus's options, and parameters each attack that has KEY gets (trials)
     dataset_options: tuple[str, ...] = ()
     attack_params: tuple[str, ...] = ()
+    workers: int = 0  #: each run's ``serbench eval --workers`` (0: its default)
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,9 @@ def eval_command(cfg: Config, attack: str, seed: int, opts: Options, out: Path) 
     root = ["--data-root", opts.data_root] if opts.data_root else []
     trial = [a for p in opts.dataset_options for a in ("--dataset-option", p)] + [
         a for p in attack_params(attack, opts.attack_params) for a in ("--attack-param", p)]
+    workers = ["--workers", str(opts.workers)] if opts.workers else []
     return ["eval", "--attack", attack, "--defense", cfg.defense, *params, "--dataset",
-            opts.dataset, *root, *trial, "--seed", str(seed), "--out", str(out)]
+            opts.dataset, *root, *trial, "--seed", str(seed), *workers, "--out", str(out)]
 
 
 def plan(todo: list[Config], opts: Options) -> list[Entry]:
@@ -274,6 +276,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="run on Ray: a new local instance, or the cluster at ADDRESS "
                              "(HOST:PORT of its head, or 'auto': the one started on this "
                              "machine); docs/cluster.md")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes inside each run (serbench eval --workers; "
+                             "default: one per CPU); no number depends on it")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                         help="corpus option for every run (a trial entry; repeatable)")
     parser.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
@@ -308,7 +313,7 @@ def main() -> None:
     if args.sweeps_only and not args.families:
         parser.error("--sweeps-only needs --families")
     opts = Options(args.dataset, args.data_root, tuple(args.seed or [0]), args.runs_dir,
-                   tuple(args.dataset_option), tuple(args.attack_param))
+                   tuple(args.dataset_option), tuple(args.attack_param), args.workers)
     with one_line_errors():
         todo = configs(surfaces_of(args), args.defense or built_in_defenses(), args.families,
                        defaults_too=not args.sweeps_only)

@@ -20,7 +20,7 @@ TINY = ["--track", "representation", "--defense", "noise", "--seed", "0", "--see
         "--dataset-option", "speakers=10", "--dataset-option", "utterances_per_emotion=2",
         "--attack-param", "frames=16", "--attack-param", "target_epochs=1",
         "--attack-param", "epochs=1", "--attack-param", "scenarios=worst",
-        "--attack-param", "attackers=generic", "--attack-param", "workers=1"]
+        "--attack-param", "attackers=generic", "--workers", "1"]
 ENTRY = Path("synth/representation/noise-trial.json")
 RUNS = [f"intercept-noise-trial-seed{seed}" for seed in (0, 1)]
 

@@ -245,12 +245,12 @@ def test_worst_validates_on_held_out_training_speakers_and_picks_the_best(tmp_pa
     """Issue 15: worst (and s2) set their epochs on a third of each gender's speakers of T's
     training side, never a test speaker; worst then takes the attacker of its type that
     scores best on those speakers, so it bounds the scenarios it ran with."""
-    from serbench.attacks.intercept import _FoldRun
+    from serbench.attacks.intercept_fold import FoldRun
 
     ctx = small_context(tmp_path, NoDefense(), NoDefense())
     attack = InterceptAttack(epochs=2, target_epochs=1, attackers="generic", workers=1)
     attack.fit(ctx)
-    run = _FoldRun(attack, ctx, 1)
+    run = FoldRun(attack, ctx, 1)
     held = run.held_out_rows()
     side = run.table("target")
     val_speakers = set(side.loc[held, "speaker"])
@@ -268,14 +268,14 @@ def test_worst_validates_on_held_out_training_speakers_and_picks_the_best(tmp_pa
 
 
 def test_too_few_speakers_fall_back_to_fixed_epochs(tmp_path: Path) -> None:
-    from serbench.attacks.intercept import _FoldRun
+    from serbench.attacks.intercept_fold import FoldRun
 
     ctx = small_context(tmp_path, NoDefense(), NoDefense())
-    assert _FoldRun(InterceptAttack(validation=0), ctx, 1).held_out_rows() is None
+    assert FoldRun(InterceptAttack(validation=0), ctx, 1).held_out_rows() is None
     one_each = ctx.target.table.drop_duplicates("gender")["speaker"]
     ctx.target.table = ctx.target.table[ctx.target.table["speaker"].isin(one_each)
                                         | (ctx.target.table["fold"] == 1)]
-    assert _FoldRun(InterceptAttack(), ctx, 1).held_out_rows() is None
+    assert FoldRun(InterceptAttack(), ctx, 1).held_out_rows() is None
 
 
 def _bounded(fold: int, worst: list[int], other: list[int]) -> pd.DataFrame:
