@@ -25,7 +25,7 @@ from serbench.seeds import stable_seed
 ENROL, TRIAL = "enrol", "trial"
 #: Two-sided level of the EER's CI (serbench.scoring's, which imports this module).
 LEVEL = 0.95
-#: Bootstrap resamples of the EER's CI (each rebuilds the trials: about 2.5 ms for 2,000 trials).
+#: Bootstrap resamples of the EER's CI (each rebuilds the trials from resampled speakers).
 RESAMPLES = 1000
 #: Embeddings by utterance id.
 Embeddings = Mapping[str, np.ndarray]
@@ -181,15 +181,41 @@ def bootstrap_eers(trials: pd.DataFrame, scores: np.ndarray, *, seed: int = 0,
               for g in sorted(set(genders.values()))]
     target = trials["target"].to_numpy(bool)
     rng = np.random.default_rng(seed)
-    eers = np.full(resamples, np.nan)
+    counts = np.zeros((resamples, len(names)))
     for r in range(resamples):
-        counts = np.zeros(len(names))
         for members in strata:
-            np.add.at(counts, rng.choice(members, len(members)), 1)
-        weights = trial_weights(counts[model], counts[speaker], target)
-        if weights[~target].any():
-            eers[r] = equal_error_rate(target, scores, weights)[0]
-    return eers
+            np.add.at(counts[r], rng.choice(members, len(members)), 1)
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.concatenate([
+        weighted_eers(target, scores, trial_weights(c[:, model], c[:, speaker], target))
+        for c in np.array_split(counts, max(1, resamples * len(target) // CHUNK))])
+
+
+#: Trial weights per block of :func:`weighted_eers` (about 40 MB of float64 at a time).
+CHUNK = 5_000_000
+
+
+def weighted_eers(target: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`equal_error_rate` of the same scored trials under each row of ``weights``, at
+    once: the trials are sorted by score once, and each row's ROC is its cumulative weights
+    at the end of each run of tied scores (the points scikit-learn's ROC keeps, but the
+    collinear ones it drops, which do not move the crossing). NaN for a row that weights no
+    non-target trial. Equal to the one-at-a-time EER to rounding (a test)."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hit = scores[order], target[order]
+    ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(order) - 1]
+    w = weights[:, order]
+    zero = np.zeros((len(w), 1))
+    tps = np.hstack([zero, np.cumsum(w * hit, axis=1)[:, ends]])
+    fps = np.hstack([zero, np.cumsum(w * ~hit, axis=1)[:, ends]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fpr, tpr = fps / fps[:, -1:], tps / tps[:, -1:]
+        gap = (1 - tpr) - fpr  # 1 at the start, -1 at the end
+        i = np.argmax(gap <= 0, axis=1)
+        rows = np.arange(len(w))
+        step = gap[rows, i - 1] / (gap[rows, i - 1] - gap[rows, i])
+        eers = fpr[rows, i - 1] + step * (fpr[rows, i] - fpr[rows, i - 1])
+    return np.where(fps[:, -1] > 0, eers, np.nan)
 
 
 def trial_weights(model_draws: np.ndarray, speaker_draws: np.ndarray,

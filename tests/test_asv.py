@@ -13,6 +13,7 @@ import pytest
 from serbench import linkability as L
 from serbench.attacks.asv import ASVAttack
 from serbench.config import EvalConfig
+from serbench.errors import SerbenchError
 from serbench.protocol import load_corpus
 from serbench.results import RunResult
 from serbench.runner import run_eval
@@ -132,3 +133,27 @@ def test_an_entry_keeps_what_its_eer_and_ci_are_recomputed_from() -> None:
     assert a["uar"] == pytest.approx(b["uar"], abs=1e-6)
     assert (a["ci_low"], a["ci_high"]) == pytest.approx((b["ci_low"], b["ci_high"]), abs=1e-3)
     assert b["ci_method"] == TRIALS_CI
+
+
+def test_trial_records_name_each_speaker_once_and_older_entries_still_read() -> None:
+    """A trial record stores its speakers as indices into ``names`` (synth's mcadams entry
+    wrote 3.2 MiB of repeated names); records written before keep their per-trial lists and
+    decode to the same rows; an index past the names is a one-line error."""
+    from serbench.leaderboard.entry import decode_predictions, encode_predictions
+
+    rows = trial_rows().assign(seed=0, fold=1)
+    (record,) = encode_predictions(rows)
+    assert {"speakers", "enrolled", "genders"}.isdisjoint(record)
+    assert sorted(set(record["names"])) == record["names"]
+    assert len(record["names"]) == len(set(rows["speaker"]) | set(rows["enrolled"]))
+    decoded = decode_predictions([record])
+    older = {k: v for k, v in record.items() if k not in
+             ("names", "name_genders", "speaker_ids", "enrolled_ids")} | {
+        "speakers": rows["speaker"].astype(str).tolist(),
+        "enrolled": rows["enrolled"].astype(str).tolist(),
+        "genders": rows["gender"].astype(str).tolist()}
+    pd.testing.assert_frame_equal(decoded, decode_predictions([older]))
+    assert (decoded["enrolled"].to_numpy() == rows["enrolled"].astype(str).to_numpy()).all()
+    broken = record | {"enrolled_ids": [len(record["names"])] * len(record["enrolled_ids"])}
+    with pytest.raises(SerbenchError, match="index past its"):
+        decode_predictions([broken])

@@ -185,3 +185,22 @@ def test_encoder_links_ravdess_actors_offline(offline: None, ravdess_root: Path,
     pairs = np.triu_indices(3, 1)
     same = np.r_[similarity[:3, :3][pairs], similarity[3:, 3:][pairs]]
     assert same.min() > similarity[:3, 3:].max()
+
+
+def test_the_bootstraps_eers_at_once_equal_the_eer_one_resample_at_a_time() -> None:
+    """The CI's resamples are scored together (:func:`weighted_eers`); each equals
+    :func:`equal_error_rate` under its weights, tied scores and unweighted trials included,
+    and a resample that weights no non-target trial has no EER."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(20, 300))
+        target = rng.random(n) < 0.2
+        target[:2] = True, False
+        scores = np.round(rng.normal(size=n) + target, int(rng.integers(1, 4)))  # ties
+        weights = rng.integers(0, 3, size=(40, n)).astype(float)
+        weights[:, :2] = 1
+        weights[0, ~target] = 0
+        one_by_one = [L.equal_error_rate(target, scores, w)[0] if w[~target].any() else np.nan
+                      for w in weights]
+        np.testing.assert_allclose(L.weighted_eers(target, scores, weights), one_by_one,
+                                   atol=1e-12)
