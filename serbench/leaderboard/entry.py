@@ -210,6 +210,23 @@ def load_entries(directory: Path) -> tuple[list[Entry], list[str]]:
     return entries, rejected
 
 
+def entry_text(data: dict[str, Any]) -> str:
+    """An entry as its file holds it: indented JSON, but each prediction record on one line
+    (indented, every label string, speaker and score took a line of its own: an entry of
+    verification trials grew to megabytes, and a diff of one to thousands of lines)."""
+    records: list[str] = []
+
+    def slot(record: dict[str, Any]) -> str:
+        records.append(json.dumps(record, separators=(",", ":"), default=str))
+        return f"\0record {len(records) - 1}\0"
+
+    slots = {attack: {mode: [slot(r) for r in rs] for mode, rs in modes.items()}
+             for attack, modes in data["predictions"].items()}
+    text = json.dumps(data | {"predictions": slots}, indent=2, default=str)
+    return re.sub(r'"\\u0000record (\d+)\\u0000"', lambda m: records[int(m.group(1))],
+                  text) + "\n"
+
+
 # Predictions: compact, exact, and enough to recompute every statistic.
 
 def encode_predictions(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -18,12 +18,13 @@ import pandas as pd
 
 from serbench.errors import SerbenchError
 from serbench.leaderboard.entry import CORPUS_PATHS, EPSILONS, SCHEMA_VERSION, \
-    compute_results, describe_deviations, encode_predictions, entry_path, portable_config, \
-    validate, validate_name
+    compute_results, describe_deviations, encode_predictions, entry_path, entry_text, \
+    portable_config, validate, validate_name
 from serbench.leaderboard.tracks import Track, track_of
 from serbench.plugins import Defense
 from serbench.scoring import spread
-from serbench.results import CHECKSUMS, checksums, write_json
+from serbench.io import atomic_write_text
+from serbench.results import CHECKSUMS, checksums
 
 #: Configuration every run of one entry must share.
 SHARED = ("dataset", "dataset_options", "shadow", "defense", "defense_params")
@@ -245,5 +246,5 @@ def submit(run_dirs: list[Path], name: str, directory: Path, allow_reduced: bool
     if path.exists() and not replace:
         raise SerbenchError(f"{path} exists; choose another --name or pass --replace")
     validate(entry, str(path))
-    write_json(path, entry, sort_keys=False)
+    atomic_write_text(path, entry_text(entry))
     return path
