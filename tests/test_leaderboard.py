@@ -338,17 +338,31 @@ def baselines_module() -> SimpleNamespace:
     return module
 
 
+@pytest.fixture(scope="module")
+def committed_board() -> list:
+    """The committed board, loaded (validated and re-scored from its predictions) once for
+    every test of this module that reads it."""
+    from serbench.leaderboard.entry import load_entries
+
+    entries, rejected = load_entries(REPO / "leaderboards")
+    assert not rejected, rejected
+    return entries
+
+
 def committed_entries() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((REPO / "leaderboards").glob("*/*/*.json"))]
 
 
-def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense() -> None:
+def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense(
+        committed_board: list) -> None:
     """SPEC §7 / docs/leaderboard.md: serbench's own standard entries for each built-in defense
-    on every track of the default corpus and of RAVDESS. Schema version 1 entries (made before
-    issue 11) still load and render; a track not yet rebuilt since then lacks udp-ref."""
-    proc = lb("show", "--dir", str(REPO / "leaderboards"), cwd=REPO)
-    assert proc.returncode == 0 and not proc.stderr, proc.stderr
-    assert "inconsistent" not in proc.stdout and "trial" not in proc.stdout
+    on every track of the default corpus and of RAVDESS, each consistent with its predictions
+    (what `leaderboard show` marks "inconsistent") and none a trial. Schema version 1 entries
+    (made before issue 11) still load and render; a track not yet rebuilt since then lacks
+    udp-ref."""
+    assert all(e.problem is None for e in committed_board), [
+        (e.track_id, e.problem) for e in committed_board if e.problem]
+    assert not any(e.data["name"].endswith("-trial") for e in committed_board)
     built_in = {ep.name for ep in entry_points(group="serbench.defenses")
                 if ep.value.startswith("serbench.defenses.")}
     assert {"none", "udp", "udp-ref", "noise", "dpsgd", "adv"} <= built_in
@@ -403,11 +417,10 @@ def committed_families() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     return acted_on, {(c, s) for (c, s, _), n in per_track.items() if n >= 2}
 
 
-def test_committed_families_are_whole_and_drawn_as_curves() -> None:
+def test_committed_families_are_whole_and_drawn_as_curves(committed_board: list) -> None:
     """Issue 11: a committed track that holds families holds baselines.py's standard sweep of
     every defense acting on it (the board's families are rebuilt a track at a time), and its
     plot draws each family as a line through its entries in strength order."""
-    from serbench.leaderboard.entry import load_entries
     from serbench.leaderboard.plot import GID, figure
     from serbench.leaderboard.views import boards
 
@@ -415,9 +428,7 @@ def test_committed_families_are_whole_and_drawn_as_curves() -> None:
     if not with_families:
         pytest.skip("the committed board holds no family yet (issue 11): rebuild it with "
                     "`python leaderboards/baselines.py --families ...` (docs/leaderboard.md)")
-    entries, rejected = load_entries(REPO / "leaderboards")
-    assert not rejected
-    tracks = boards(entries)
+    tracks = boards(committed_board)
     for corpus, surface in sorted(with_families):
         board = tracks[f"{corpus}/{surface}"]
         waiting = pending([r.data for r in board.rows])
@@ -476,17 +487,15 @@ def test_a_family_swept_at_one_seed_is_compared_with_none_at_that_seed() -> None
         assert fold["seed"] == 0 and fold["uar"] == folds[0, fold["fold"]]
 
 
-def test_committed_synth_update_baseline_is_attacked_at_least_as_hard_as_defended_ones() -> None:
+def test_committed_synth_update_baseline_is_attacked_at_least_as_hard_as_defended_ones(
+        committed_board: list) -> None:
     """Issue 15 (attacker adequacy): on the committed synth update track, the undefended
     entry's worst case (at the entry's seeds) is at least every defended entry's adaptive
     leakage less its CI half-width; an attacker weaker against ``none`` than against a defense
     would make every defense look better than it is."""
-    from serbench.leaderboard.entry import load_entries
     from serbench.leaderboard.views import boards
 
-    entries, rejected = load_entries(REPO / "leaderboards")
-    assert not rejected
-    rows = [r for r in boards([e for e in entries if e.data["corpus"] == "synth"
+    rows = [r for r in boards([e for e in committed_board if e.data["corpus"] == "synth"
                                and e.data["surface"] == "update"])["synth/update"].rows if r.data["defense"]["name"] != "none"]
     assert rows
     for row in rows:
@@ -955,16 +964,16 @@ def test_corpus_paths_are_recorded_relative_to_the_board_home_and_resolved_there
     assert local_config({"data_root": None}, home) == {"data_root": None}
 
 
-def test_every_committed_measure_wholly_below_chance_is_flagged_on_the_board() -> None:
+def test_every_committed_measure_wholly_below_chance_is_flagged_on_the_board(
+        committed_board: list) -> None:
     """Issue 28: no entry's measure with a CI wholly below chance passes as "at chance": the
     committed board's notes name each one."""
-    from serbench.leaderboard.entry import load_entries, measure_roles
+    from serbench.leaderboard.entry import measure_roles
     from serbench.scoring import MIS_SIGNED, Role
 
     board = (REPO / "leaderboards" / "leaderboard.md").read_text()
-    entries, _ = load_entries(REPO / "leaderboards")
     flagged = 0
-    for entry in entries:
+    for entry in committed_board:
         roles = measure_roles(entry.data)
         for attack, mode, measure, stats in cells(entry.data["results"]):
             if roles[attack][measure] is Role.LEAKAGE and stats["ci"][1] < stats["chance"]:
