@@ -981,3 +981,27 @@ def test_every_committed_measure_wholly_below_chance_is_flagged_on_the_board(
                 assert (f"{entry.data['name']}: {MIS_SIGNED}: {attack} {mode} {measure} UAR "
                         f"{stats['uar']:.3f}") in board, (entry.track_id, measure)
     assert flagged  # the committed board holds such measures (issue 28 counted seven entries)
+
+
+def test_the_representation_track_shows_the_layers_speaker_eer_beside_gender(
+        committed_board: list) -> None:
+    """Issue 26: an intercept entry's lowest speaker EER from the intercepted layer (its
+    direction from the role: lower links better) stands in its own column beside the
+    worst-case gender leakage; an entry made before the measure shows a dash."""
+    from serbench.leaderboard.views import beside, boards, markdown
+    from serbench.scoring import Role
+
+    track = boards([e for e in committed_board if e.data["surface"] == "representation"
+                    and e.data["corpus"] == "ravdess"])
+    rows = {r.data["name"]: r for r in track["ravdess/representation"].rows}
+    eer = beside(rows["none"], Role.LINKABILITY)
+    assert eer is not None and eer["uar"] < 0.5
+    linked = [c["uar"] for modes in rows["none"].data["results"].values()
+              for measures in modes.values() for name, c in measures.items()
+              if name.startswith("speaker@")]
+    assert eer["uar"] == min(linked)
+    md = markdown(track)
+    assert "worst speaker EER" in md
+    assert f"| none: itself | {eer['uar']:.3f} (" in md
+    if (older := next((r for r in rows.values() if beside(r, Role.LINKABILITY) is None), None)):
+        assert f"| {older.data['name']} |" in md and " | — | " in md

@@ -23,6 +23,11 @@ class Track:
     label: str
     #: Attack parameters that change what a run writes or how fast, never its numbers.
     neutral: frozenset[str] = frozenset()
+    #: Another role whose worst measure the board shows beside the headline (e.g. the
+    #: speaker EER from the intercepted layer beside gender leakage), if any.
+    beside: Role | None = None
+    #: Column heading of :attr:`beside`.
+    beside_label: str = ""
 
     @property
     def higher_is_worse(self) -> bool:
@@ -37,7 +42,8 @@ TRACKS = {
     "update": Track("update", ("fedsgd", "fedavg"), Role.LEAKAGE, "worst-case leakage"),
     "representation": Track("representation", ("intercept",), Role.LEAKAGE,
                             "worst-case leakage",
-                            frozenset({"workers", "analyses", "analysis_scenarios"})),
+                            frozenset({"workers", "analyses", "analysis_scenarios"}),
+                            beside=Role.LINKABILITY, beside_label="worst speaker EER"),
     # A randomised defense scored by an attack that ignores its randomness is "unscored/...".
     # AutoAttack (ART) is RobustBench's standard; its worst case can only lower eot-pgd's.
     "input": Track("input", ("fgsm", "pgd", "eot-pgd", "autoattack"), Role.ROBUST,

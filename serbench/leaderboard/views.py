@@ -13,10 +13,10 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from serbench.leaderboard.entry import Entry
+from serbench.leaderboard.entry import Entry, measure_roles
 from serbench.leaderboard.families import Family, Row, assign_baselines, families
 from serbench.leaderboard.tracks import TRACKS, Track
-from serbench.scoring import LEAKS, MIS_SIGNED
+from serbench.scoring import LEAKS, MIS_SIGNED, Role
 
 LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over the target's "
           "speakers (entries made before predictions named speakers: over predictions, too "
@@ -108,6 +108,27 @@ def _signal_text(row: Row) -> str:
     return "; ".join(parts) or "none beyond chance"
 
 
+def beside(row: Row, role: Role) -> dict[str, Any] | None:
+    """The entry's measure of ``role`` that is worst for the defense (its direction from the
+    role), over every attack and mode; None where the entry has none (e.g. made before it)."""
+    roles = measure_roles(row.data)
+    cells = [cell for attack, modes in row.data["results"].items()
+             for measures in modes.values() for name, cell in measures.items()
+             if roles[attack].get(name) is role]
+    sign = 1 if role.higher_is_worse else -1
+    return max(cells, key=lambda c: sign * c["uar"], default=None)
+
+
+def _beside_columns(track: Track) -> list[Column]:
+    if track.beside is None:
+        return []
+    role = track.beside
+    cell = lambda r: beside(r, role)  # noqa: E731
+    return [Column("beside", track.beside_label,
+                   lambda r: "—" if cell(r) is None else f"{cell(r)['uar']:.3f} ({_ci(cell(r))})",
+                   lambda r: "" if cell(r) is None else cell(r)["uar"])]
+
+
 def columns(track: Track) -> list[Column]:
     eps = lambda r: epsilon(r)[0]  # noqa: E731
     name = lambda r: r.data["name"]  # noqa: E731
@@ -125,6 +146,7 @@ def columns(track: Track) -> list[Column]:
                lambda r: r.worst["mean"]),
         Column("baseline", "none's worst", _baseline_text,
                lambda r: r.baseline.worst["uar"] if r.baseline else ""),
+        *_beside_columns(track),
         Column("signal", "signal vs chance", _signal_text, _signal_text, numeric=False),
         Column("at", "worst case at", _at, _at, numeric=False),
         Column("epsilon", "ε", _epsilon_text, lambda r: "" if eps(r) is None else eps(r)),
