@@ -5,7 +5,7 @@ it (in worker processes: :mod:`attacks.intercept_fit`) and the prediction rows t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -23,8 +23,24 @@ from serbench.models.train import predict_proba
 from serbench.seeds import stable_seed
 from serbench.workers import process_map
 
-if TYPE_CHECKING:
-    from serbench.attacks.intercept import InterceptAttack
+
+class Settings(Protocol):
+    """What a fold reads of the attack (:class:`attacks.intercept.InterceptAttack`'s
+    parameters; a protocol, so this module does not import the attack that imports it)."""
+
+    size: str
+    other: str
+    frames: int
+    epochs: int
+    lr: float
+    workers: int
+    validation: float
+    max_epochs: int
+    patience: int
+    worst_selects: bool
+
+    @property
+    def k(self) -> str: ...
 
 
 class Scenario(NamedTuple):
@@ -58,7 +74,7 @@ class FoldRun(FoldSides):
     """One fold of the intercept attack: T trained without the fold's speakers (the sides of
     :class:`FoldSides`), attacked at one or more layers."""
 
-    def __init__(self, attack: InterceptAttack, ctx: EvalContext, fold: int) -> None:
+    def __init__(self, attack: Settings, ctx: EvalContext, fold: int) -> None:
         super().__init__(ctx, fold)
         self.attack = attack
 

@@ -43,7 +43,10 @@ class Run:
 
     @property
     def log(self) -> Path:
-        return self.out.with_suffix(".log")
+        """The run's output, beside its directory: ``<name>.log`` (not ``with_suffix``, which
+        took ``noise-sigma0.1-seed0``'s ``.1-seed0`` for a suffix, so a family's runs shared
+        one log)."""
+        return self.out.parent / f"{self.out.name}.log"
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def test_ray_makes_the_process_pools_entry(boards: SimpleNamespace) -> None:
     for run in RUNS:
         pool, ray = (boards.root / b / "runs" / run for b in ("pool", "ray"))
         assert (pool / "predictions.csv").read_bytes() == (ray / "predictions.csv").read_bytes()
-        assert (pool.with_suffix(".log")).exists() and (ray.with_suffix(".log")).exists()
+        assert all(Path(f"{out}.log").exists() for out in (pool, ray))
     entries = []
     for backend in ("pool", "ray"):
         entry = json.loads((boards.root / backend / "board" / ENTRY).read_text())
@@ -83,3 +83,13 @@ def test_ray_address_without_a_cluster_is_one_line(tmp_path: Path) -> None:
     proc = baselines(*TINY, *into(tmp_path), "--ray", "127.0.0.1:1")
     assert_one_line_error(proc, "no Ray cluster at 127.0.0.1:1", "ray start --head")
     assert not (tmp_path / "runs").exists()
+
+
+def test_each_run_of_a_family_logs_to_its_own_file() -> None:
+    """Runs named with a strength (``noise-sigma0.1``) keep their own log beside their
+    directory, not one shared by the family."""
+    from serbench.dispatch import Run
+
+    outs = [Path("runs", f"fedsgd-noise-sigma{s}-seed0") for s in ("0.01", "0.1", "1")]
+    assert [Run(("eval",), out).log for out in outs] == [
+        Path("runs", f"fedsgd-noise-sigma{s}-seed0.log") for s in ("0.01", "0.1", "1")]

@@ -39,10 +39,17 @@ def command(*args: str, prelude: str = "") -> list[str]:
     return [sys.executable, "-c", f"{prelude}\n{MAIN}", *args]
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default in the child, as a user's shell gives it: a test suite started as a
+    background job (``cmd &``) inherits SIGINT ignored, and so would every run it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def serbench(*args: str, prelude: str = "", cwd: Path | None = None,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(command(*args, prelude=prelude), capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600,
+                          preexec_fn=_as_from_a_terminal)
 
 
 def fault_lines(stderr: str) -> list[str]:
@@ -274,7 +281,8 @@ def interrupt(args: list[str], ready, cwd: Path | None = None,
     if not Path("/proc/self/stat").is_file():
         pytest.skip("no /proc to look for left-over processes on this OS")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True)
+                            cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 300
         while not ready(proc.pid):
