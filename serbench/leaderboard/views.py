@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from serbench.leaderboard.entry import Entry, measure_roles
+from serbench.leaderboard.entry import Entry, cells, measure_roles
 from serbench.leaderboard.families import Family, Row, assign_baselines, families
 from serbench.leaderboard.tracks import TRACKS, Track
 from serbench.scoring import LEAKS, MIS_SIGNED, Role
@@ -112,21 +112,22 @@ def beside(row: Row, role: Role) -> dict[str, Any] | None:
     """The entry's measure of ``role`` that is worst for the defense (its direction from the
     role), over every attack and mode; None where the entry has none (e.g. made before it)."""
     roles = measure_roles(row.data)
-    cells = [cell for attack, modes in row.data["results"].items()
-             for measures in modes.values() for name, cell in measures.items()
-             if roles[attack].get(name) is role]
+    found = [stats for attack, _, measure, stats in cells(row.data["results"])
+             if roles[attack].get(measure) is role]
     sign = 1 if role.higher_is_worse else -1
-    return max(cells, key=lambda c: sign * c["uar"], default=None)
+    return max(found, key=lambda stats: sign * stats["uar"], default=None)
+
+
+def _beside_text(stats: dict[str, Any] | None) -> str:
+    return "—" if stats is None else f"{stats['uar']:.3f} ({_ci(stats)})"
 
 
 def _beside_columns(track: Track) -> list[Column]:
     if track.beside is None:
         return []
     role = track.beside
-    cell = lambda r: beside(r, role)  # noqa: E731
-    return [Column("beside", track.beside_label,
-                   lambda r: "—" if cell(r) is None else f"{cell(r)['uar']:.3f} ({_ci(cell(r))})",
-                   lambda r: "" if cell(r) is None else cell(r)["uar"])]
+    return [Column("beside", track.beside_label, lambda r: _beside_text(beside(r, role)),
+                   lambda r: "" if (stats := beside(r, role)) is None else stats["uar"])]
 
 
 def columns(track: Track) -> list[Column]:
