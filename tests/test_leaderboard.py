@@ -380,10 +380,13 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense(
                        for p in (REPO / "leaderboards" / corpus / surface).glob("*.json")]
             # A track rebuilt since issue 11 (any version 2 entry) holds udp-ref too.
             rebuilt = any(e["schema_version"] >= 2 for e in entries)
-            expected = built_in if rebuilt else built_in - {"udp-ref"}
+            expected = built_in - (set() if rebuilt else {"udp-ref"})
             if surface == "release":  # only a defense that transforms the audio acts there
                 expected = {d for d in expected if d == "none" or "audio" in
                             load_plugin("defense", d).tags.surfaces}
+            # Issue 24's defenses stand only where they act (grl on the update track, or
+            # prune off it, would be `none` under another name: docs/defenses.md).
+            expected -= {d for d in ISSUE_24 if not acts_on(d, surface)}
             waiting |= {f"{corpus}/{surface}/{d}" for d in expected & pending(entries)}
             expected -= pending(entries)
             assert {e["defense"]["name"] for e in entries} >= expected, (corpus, surface)
@@ -398,6 +401,13 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense(
 #: Issue 24's defenses: their entries are built after the merge (a track holds all of them or,
 #: until it is rebuilt, none).
 ISSUE_24 = frozenset({"prune", "grl", "recup", "mcadams"})
+
+
+def acts_on(defense: str, surface: str) -> bool:
+    """Whether ``defense`` changes what an attacker sees on the ``surface`` track (a defense
+    of the audio changes every track)."""
+    surfaces = load_plugin("defense", defense).tags.surfaces
+    return "audio" in surfaces or surface in surfaces
 
 
 def pending(entries: list[dict]) -> frozenset[str]:
@@ -1002,6 +1012,34 @@ def test_the_representation_track_shows_the_layers_speaker_eer_beside_gender(
     assert eer["uar"] == min(linked)
     md = markdown(track)
     assert "worst speaker EER" in md
-    assert f"| none: itself | {eer['uar']:.3f} (" in md
+    assert f"| — | {eer['uar']:.3f} (" in md  # none attacks once: no adaptive mode
     if (older := next((r for r in rows.values() if beside(r, Role.LINKABILITY) is None), None)):
         assert f"| {older.data['name']} |" in md and " | — | " in md
+
+
+def test_the_board_shows_each_attack_mode_apart(committed_board: list) -> None:
+    """Issue 24: for every entry, the board shows the worst gender measure of each attack mode
+    (the attacker the defense's paper used, and serbench's adaptive one) with its own CI,
+    beside the emotion UAR; an entry attacked in one mode shows a dash for the other."""
+    from serbench.leaderboard.views import beside, boards, markdown
+    from serbench.scoring import Role
+
+    track = boards([e for e in committed_board if e.track_id == "ravdess/update"])
+    rows = {r.data["name"]: r for r in track["ravdess/update"].rows}
+    md = markdown(track)
+    for name in ("recup-b1", "none"):
+        results = rows[name].data["results"]
+        for mode in ("non-adaptive", "adaptive"):
+            gender = [c for modes in results.values()
+                      for measure, c in modes.get(mode, {}).items()
+                      if measure.startswith("gender")]
+            stats = beside(rows[name], Role.LEAKAGE, mode)
+            assert (stats is None) == (not gender), (name, mode)
+            if gender:
+                assert stats["uar"] == max(c["uar"] for c in gender)
+    recup = [beside(rows["recup-b1"], Role.LEAKAGE, m) for m in ("non-adaptive", "adaptive")]
+    none = beside(rows["none"], Role.LEAKAGE, "non-adaptive")
+    assert f"| {recup[0]['uar']:.3f} ({recup[0]['ci'][0]:.2f}–{recup[0]['ci'][1]:.2f}) | " \
+           f"{recup[1]['uar']:.3f} (" in md
+    assert f"| {none['uar']:.3f} ({none['ci'][0]:.2f}–{none['ci'][1]:.2f}) | — |" in md
+

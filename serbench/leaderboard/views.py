@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from serbench.leaderboard.entry import Entry, cells, measure_roles
+from serbench.leaderboard.entry import MODES, Entry, cells, measure_roles
 from serbench.leaderboard.families import Family, Row, assign_baselines, families
 from serbench.leaderboard.tracks import TRACKS, Track
 from serbench.scoring import LEAKS, MIS_SIGNED, Role
@@ -25,8 +25,9 @@ LEGEND = ("UAR: pooled over folds and seeds; 95% CI: percentile bootstrap over t
           "1 − 0.05/k) for the k measures it was chosen from ('of k' where it was attained; "
           "schema version 1 entries: the plain 95% CI). none: the undefended entry's worst "
           "case under the same protocol (attacker adequacy; at the entry's seeds where it was run "
-          "at more). Emotion UAR: the lowest among "
-          "the attacks' targets. ε (server): DP against the server, which picks the clients "
+          "at more). Non-adaptive, adaptive: each attack mode's worst measure apart, with "
+          "its own 95% CI (—: the run attacks in one mode only). Emotion UAR: the lowest "
+          "among the attacks' targets. ε (server): DP against the server, which picks the clients "
           "(no sampling amplification); nominal: a parameter, not a DP guarantee; "
           "(v1): not accounted in the entry. ★: on the Pareto front (standard, consistent "
           "entries only). Signal vs chance: how many measures (any attack or mode) have a CI "
@@ -108,12 +109,13 @@ def _signal_text(row: Row) -> str:
     return "; ".join(parts) or "none beyond chance"
 
 
-def beside(row: Row, role: Role) -> dict[str, Any] | None:
+def beside(row: Row, role: Role, mode: str | None = None) -> dict[str, Any] | None:
     """The entry's measure of ``role`` that is worst for the defense (its direction from the
-    role), over every attack and mode; None where the entry has none (e.g. made before it)."""
+    role), over every attack and ``mode`` (every mode if None), with its own 95% CI; None
+    where the entry has none (e.g. made before it, or a track with one mode)."""
     roles = measure_roles(row.data)
-    found = [stats for attack, _, measure, stats in cells(row.data["results"])
-             if roles[attack].get(measure) is role]
+    found = [stats for attack, m, measure, stats in cells(row.data["results"])
+             if roles[attack].get(measure) is role and mode in (None, m)]
     sign = 1 if role.higher_is_worse else -1
     return max(found, key=lambda stats: sign * stats["uar"], default=None)
 
@@ -122,12 +124,18 @@ def _beside_text(stats: dict[str, Any] | None) -> str:
     return "—" if stats is None else f"{stats['uar']:.3f} ({_ci(stats)})"
 
 
+def _stats_column(key: str, heading: str, role: Role, mode: str | None = None) -> Column:
+    return Column(key, heading, lambda r: _beside_text(beside(r, role, mode)),
+                  lambda r: "" if (stats := beside(r, role, mode)) is None else stats["uar"])
+
+
 def _beside_columns(track: Track) -> list[Column]:
+    """Each attack mode's worst case apart (SPEC §5: the attacker the defense's paper used,
+    and serbench's adaptive one), then the track's other role, if any."""
+    modes = [_stats_column(f"mode-{m}", m, track.role, m) for m in MODES]
     if track.beside is None:
-        return []
-    role = track.beside
-    return [Column("beside", track.beside_label, lambda r: _beside_text(beside(r, role)),
-                   lambda r: "" if (stats := beside(r, role)) is None else stats["uar"])]
+        return modes
+    return [*modes, _stats_column("beside", track.beside_label, track.beside)]
 
 
 def columns(track: Track) -> list[Column]:
