@@ -12,7 +12,8 @@ enrolment model by cosine, optionally after an LDA backend trained on shadow spe
 - *lazy-informed* (adaptive): the attacker runs the public defense on its enrolment speech,
   with its own random draws, so enrolment and trials are both anonymised;
 - *semi-informed* (adaptive): as lazy-informed, with an LDA backend trained on shadow speakers
-  the attacker anonymised itself.
+  the attacker anonymised itself. Where nothing transforms the audio, the run attacks in one
+  mode and scores this level there too (LDA on the original shadow speakers).
 
 Every level is a ``speaker@LEVEL`` measure of role linkability, scored as an EER with a CI
 that rebuilds the trials from resampled speakers (:func:`serbench.scoring.ci`); the board's
@@ -116,8 +117,13 @@ class ASVAttack(Attack):
         if ctx.shadow is None and ctx.mode == "adaptive":
             raise SerbenchError("asv: the semi-informed attacker needs shadow speakers "
                                 "(--shadow disjoint or a shadow corpus)")
+        levels = LEVELS[ctx.mode]
+        if ctx.mode == "non-adaptive" and ctx.target.release is None and ctx.shadow is not None:
+            # Nothing transforms the audio: the undefended run meets every attacker a defended
+            # one does (cosine alone understates its linkability where LDA links better).
+            levels = (*levels, "semi-informed")
         self._scored[ctx.mode] = pd.concat(
-            [self.scored_trials(ctx, level) for level in LEVELS[ctx.mode]], ignore_index=True)
+            [self.scored_trials(ctx, level) for level in levels], ignore_index=True)
 
     def scored_trials(self, ctx: EvalContext, level: str) -> pd.DataFrame:
         """One attacker level's trials over all target speakers: prediction rows with the
