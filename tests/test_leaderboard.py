@@ -366,7 +366,7 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense(
     built_in = {ep.name for ep in entry_points(group="serbench.defenses")
                 if ep.value.startswith("serbench.defenses.")}
     assert {"none", "udp", "udp-ref", "noise", "dpsgd", "adv"} <= built_in
-    unbuilt, waiting = [], set()
+    unbuilt = []
     on_board = {json.loads(p.read_text())["defense"]["name"]
                 for p in (REPO / "leaderboards").glob("*/*/*.json")}
     newer = built_in - on_board  # built-in defenses added since the board was built
@@ -387,19 +387,15 @@ def test_committed_leaderboard_has_valid_baselines_of_every_built_in_defense(
             # Issue 24's defenses stand only where they act (grl on the update track, or
             # prune off it, would be `none` under another name: docs/defenses.md).
             expected -= {d for d in ISSUE_24 if not acts_on(d, surface)}
-            waiting |= {f"{corpus}/{surface}/{d}" for d in expected & pending(entries)}
-            expected -= pending(entries)
             assert {e["defense"]["name"] for e in entries} >= expected, (corpus, surface)
             assert all(e["standard"] for e in entries), (corpus, surface)
-    if unbuilt or newer or waiting:
+    if unbuilt or newer:
         pytest.skip(f"not yet on the committed board: tracks {', '.join(unbuilt) or '-'}, "
-                    f"defenses {', '.join(sorted(newer)) or '-'}, entries "
-                    f"{', '.join(sorted(waiting)) or '-'} "
+                    f"defenses {', '.join(sorted(newer)) or '-'} "
                     f"(python leaderboards/baselines.py --track ... --defense ...)")
 
 
-#: Issue 24's defenses: their entries are built after the merge (a track holds all of them or,
-#: until it is rebuilt, none).
+#: Issue 24's defenses (the field's): on the board only on the tracks they act on.
 ISSUE_24 = frozenset({"prune", "grl", "recup", "mcadams"})
 
 
@@ -408,12 +404,6 @@ def acts_on(defense: str, surface: str) -> bool:
     of the audio changes every track)."""
     surfaces = load_plugin("defense", defense).tags.surfaces
     return "audio" in surfaces or surface in surfaces
-
-
-def pending(entries: list[dict]) -> frozenset[str]:
-    """The issue-24 defenses a track's ``entries`` still lack (built track by track; the
-    baselines check names each one it waits for)."""
-    return ISSUE_24 - {e["defense"]["name"] for e in entries}
 
 
 def committed_families() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
@@ -441,9 +431,8 @@ def test_committed_families_are_whole_and_drawn_as_curves(committed_board: list)
     tracks = boards(committed_board)
     for corpus, surface in sorted(with_families):
         board = tracks[f"{corpus}/{surface}"]
-        waiting = pending([r.data for r in board.rows])
         for defense, sweep in baselines_module().SWEEPS.items():
-            if surface not in sweep.tracks or defense in waiting:
+            if surface not in sweep.tracks:
                 continue
             family = next((f for f in board.families if f.defense == defense
                            and f.axis == sweep.param), None)
