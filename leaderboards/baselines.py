@@ -89,9 +89,9 @@ SWEEPS: dict[str, Sweep] = {
     "grl": Sweep("lam", "lam", (0.1, 0.3, 1, 3), ("representation",)),
     "recup": Sweep("budget", "b", (0.03, 0.1, 0.3, 1), ("update",)),
     # A fixed McAdams coefficient (the default draws it per utterance in [0.5, 0.9]). Its
-    # audio reaches every track; the representation track's sweep is being built (a committed
-    # track's families must be whole: test_committed_families_are_whole_and_drawn_as_curves).
-    "mcadams": Sweep("alpha", "alpha", (0.5, 0.7, 0.9), ("update", "input", "release")),
+    # audio reaches every track.
+    "mcadams": Sweep("alpha", "alpha", (0.5, 0.7, 0.9),
+                     ("update", "representation", "input", "release")),
 }
 
 
